@@ -1,0 +1,1 @@
+"""Budget presets (YAML files), installed as package data."""
