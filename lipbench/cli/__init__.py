@@ -1,7 +1,7 @@
 """The ``lipbench`` command line. Each module in this package adds its commands to ``app``.
 
 Errors a user can fix (:class:`lipbench.UserError`) print one line and exit with status 2;
-usage errors exit 2 as well; Ctrl-C exits 130 after the running job has been recorded.
+usage errors exit 2 as well.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 from importlib import import_module
 from pkgutil import iter_modules
 
-import click
 import typer
 from rich.console import Console
 
@@ -26,6 +25,11 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+@app.callback()
+def _group() -> None:
+    """Benchmark 1-Lipschitz layers under a fixed training-time budget."""
+
 for _module in iter_modules(__path__):
     import_module(f"{__name__}.{_module.name}")
 
@@ -33,14 +37,7 @@ for _module in iter_modules(__path__):
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lipbench`` script."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        app(args=argv)  # standalone: typer reports usage errors itself (exit 2)
     except UserError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    sys.exit(result if isinstance(result, int) else 0)
