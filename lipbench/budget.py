@@ -1,0 +1,113 @@
+"""Training-time budgets: ``30s``, ``2m``, ``1h30m``, ``10h``, or a YAML preset from ``budgets/``.
+
+A budget is wall-clock *training* time on the user's device. A preset also fixes the training
+protocol (batch size, optimizer settings, loss, augmentation) and may override it per method::
+
+    budget: 10h
+    batch_size: 256
+    lr: 0.01
+    methods:
+      lot: {lr: 0.005}        # every size
+      aol@XS: {lr: 0.057}     # one size
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lipbench.errors import UserError
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhd]))")
+PROTOCOL_KEYS = {"batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
+                 "offset": float, "temperature": float, "augment": bool, "precision": str}
+PRESET_KEYS = {"budget", "description", "methods", *PROTOCOL_KEYS}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A named amount of training seconds plus the protocol settings it fixes."""
+
+    name: str
+    seconds: float
+    protocol: dict[str, Any] = field(default_factory=dict)
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text`` such as ``90s``, ``2m``, ``1h30m``, ``1.5h``; a bare number is seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    elif text and DURATION.sub("", text) == "":
+        seconds = sum(float(value) * UNITS[unit] for value, unit in DURATION.findall(text))
+    else:
+        raise UserError(f"malformed budget {text!r}: write a duration like 30s, 2m, 1h30m or 10h, "
+                        f"or a preset name ({', '.join(preset_names())})")
+    if seconds <= 0:
+        raise UserError(f"budget {text!r} must be positive")
+    return seconds
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("lipbench.budgets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_budget(text: str) -> Budget:
+    """A duration, a preset name from ``budgets/``, or the path of a YAML preset."""
+    text = text.strip()
+    path = Path(text).expanduser()
+    if text.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise UserError(f"budget file {text} does not exist")
+        return parse_preset(path.stem, path.read_text(), str(path))
+    if text in preset_names():
+        source = resources.files("lipbench.budgets") / f"{text}.yaml"
+        return parse_preset(text, source.read_text(), f"budgets/{text}.yaml")
+    return Budget(name=text, seconds=parse_duration(text))
+
+
+def parse_preset(name: str, text: str, origin: str) -> Budget:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{origin} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(document, dict) or "budget" not in document:
+        raise UserError(f"{origin} must be a mapping with at least a `budget:` duration (e.g. budget: 2h)")
+    unknown = set(document) - PRESET_KEYS
+    if unknown:
+        raise UserError(f"{origin}: unknown keys {sorted(unknown)}; allowed: {sorted(PRESET_KEYS)}")
+    methods = document.get("methods") or {}
+    if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
+        raise UserError(f"{origin}: `methods:` must map method names to settings, e.g. methods: {{lot: {{lr: 0.005}}}}")
+    return Budget(name=name, seconds=parse_duration(str(document["budget"])),
+                  protocol=typed_settings(document, origin),
+                  per_method={m: typed_settings(v, f"{origin} (methods.{m})") for m, v in methods.items()})
+
+
+def typed_settings(settings: dict[str, Any], origin: str) -> dict[str, Any]:
+    typed = {}
+    for key, value in settings.items():
+        if key not in PROTOCOL_KEYS:
+            if key in PRESET_KEYS:
+                continue
+            raise UserError(f"{origin}: unknown setting {key!r}; allowed: {sorted(PROTOCOL_KEYS)}")
+        try:
+            typed[key] = PROTOCOL_KEYS[key](value)
+        except (TypeError, ValueError):
+            raise UserError(f"{origin}: {key} must be a {PROTOCOL_KEYS[key].__name__}, got {value!r}") from None
+    return typed
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,164 @@
+"""`lipbench run`: plan the jobs, run each in its own process with a live budget bar, then show the table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from lipbench.budget import format_duration, load_budget
+from lipbench.cli import app
+from lipbench.cli.report import print_board, report_into
+from lipbench.data import load_dataset
+from lipbench.errors import UserError
+from lipbench.job import resolve_device
+from lipbench.plan import JobConfig, expand
+from lipbench.records import environment
+from lipbench.registry import get_method, load_plugin, resolve_layers
+from lipbench.runner import FINISHED, existing_status, run_one, write_sweep
+
+console = Console()
+
+
+def split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_layer_options(items: list[str]) -> dict[str, Any]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--layer-option {item!r} must look like key=value, e.g. --layer-option sketch_dim=16")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def check_datasets(datasets: list[str], data_dir: Optional[str]) -> None:
+    """Load each dataset once up front, so a missing one fails in one line before any job starts."""
+    for name in datasets:
+        data = load_dataset(name, data_dir)
+        console.print(f"[dim]{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
+                      f"of shape {tuple(data.in_shape)}, {data.n_classes} classes[/]")
+
+
+@app.command("run")
+def run_command(
+    budget: str = typer.Option("2m", "--budget", "-b", help="Training time per job: 30s, 2m, 1h30m, 10h, or a preset "
+                               "(2h, 10h, 24h, cpu-2m) or preset YAML file. Commas run several."),
+    layers: str = typer.Option("aol,standard", "--layers", "--layer", "-l",
+                               help="Methods, comma-separated; wildcards allowed ('*', 'so*'). See `lipbench layers`."),
+    sizes: str = typer.Option("XS", "--sizes", "--size", "-s", help="Model sizes: XS, S, M, L (ConvNet widths 16-128)."),
+    datasets: str = typer.Option("fashion-mnist", "--datasets", "--dataset", "-d",
+                                 help="fashion-mnist, cifar10, cifar100, synthetic, a .npz file or an image folder."),
+    seeds: str = typer.Option("0", "--seeds", "--seed", help="Random seeds, comma-separated."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (one sub-folder per job)."),
+    device: str = typer.Option("auto", help="auto (CUDA if visible), cpu or cuda[:N]."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset files (also $LIPBENCH_DATA)."),
+    batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size (default 256)."),
+    lr: Optional[float] = typer.Option(None, help="Override the peak learning rate of the OneCycle schedule."),
+    momentum: Optional[float] = typer.Option(None, help="Override SGD momentum (default 0.9)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Override weight decay (default 0)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crops and flips."),
+    precision: Optional[str] = typer.Option(None, help="fp32 (default) or bf16 autocast."),
+    layer_option: Optional[list[str]] = typer.Option(None, help="key=value passed to every layer/model, repeatable."),
+    plugin: Optional[list[str]] = typer.Option(None, help="Module or .py file that registers layers, repeatable."),
+    force: bool = typer.Option(False, help="Re-run jobs that already have a finished record."),
+    dry_run: bool = typer.Option(False, help="Print the planned jobs and exit."),
+    save_model: bool = typer.Option(True, help="Keep each trained model (model.pt) for audits."),
+) -> None:
+    """Train every layer x size x dataset x budget x seed under the time budget, certify, record, report.
+
+    Each job runs in its own process (clean peak memory, crashes isolated) and writes
+    OUT/jobs/<id>/record.json atomically, also when it fails (nan, oom, timeout, error).
+    Jobs whose record exists are skipped unless --force, so re-running a sweep resumes it.
+
+    Example: lipbench run --budget 2m --layers aol,standard --dataset fashion-mnist
+    """
+    for module in plugin or []:
+        load_plugin(module)
+    if precision not in (None, "fp32", "bf16"):
+        raise UserError(f"--precision must be fp32 or bf16, not {precision!r}")
+    names = resolve_layers(layers)
+    budgets = [load_budget(b) for b in split(budget)]
+    size_list, dataset_list = split(sizes), split(datasets)
+    try:
+        seed_list = [int(s) for s in split(seeds)]
+    except ValueError:
+        raise UserError(f"--seeds must be integers separated by commas, not {seeds!r}") from None
+    overrides = {k: v for k, v in dict(batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                        augment=augment, precision=precision).items() if v is not None}
+    jobs = expand(names, size_list, dataset_list, budgets, seed_list, overrides, device=device,
+                  layer_options=parse_layer_options(layer_option or []), plugins=tuple(plugin or ()), data_dir=data_dir,
+                  save_model=save_model)
+    report_missing_sizes(names, size_list)
+    if not jobs:
+        raise UserError("nothing to run: no layer offers the requested sizes")
+    pending = [job for job in jobs if force or existing_status(out, job) not in FINISHED]
+    if dry_run:
+        print_plan(jobs, out)
+        return
+    resolve_device(device)
+    check_datasets(dataset_list, data_dir)
+    sweep = write_sweep(out, jobs, {"layers": names, "sizes": size_list, "datasets": dataset_list,
+                                    "budgets": [b.name for b in budgets], "seeds": seed_list, "overrides": overrides},
+                        environment(resolve_device(device)))
+    console.print(f"{len(jobs)} jobs, {len(jobs) - len(pending)} already done; sweep {sweep.name}; results in {out}/")
+    try:
+        run_with_progress(out, pending)
+    finally:
+        board = report_into(out, [job.job_id for job in jobs])
+        if board is not None:
+            print_board(board, console)
+
+
+def report_missing_sizes(names: list[str], sizes: list[str]) -> None:
+    for name in names:
+        missing = [s for s in sizes if s not in get_method(name).sizes]
+        if missing:
+            console.print(f"[yellow]{name} has no size {', '.join(missing)} (it offers {', '.join(get_method(name).sizes)})"
+                          f"; those jobs are left out[/]")
+
+
+def print_plan(jobs: list[JobConfig], out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(jobs)} planned jobs")
+    for column in ("id", "status", "layer", "size", "dataset", "budget", "seed", "lr", "batch"):
+        table.add_column(column)
+    total = 0.0
+    for job in jobs:
+        status = existing_status(out, job) or "pending"
+        total += job.budget_s if status not in FINISHED else 0
+        table.add_row(job.job_id, status, job.layer, job.size, job.dataset, job.budget, str(job.seed), f"{job.lr:g}",
+                      str(job.batch_size))
+    console.print(table)
+    console.print(f"device time still to spend on training: {format_duration(total)} (plus loading and certification)")
+
+
+def run_with_progress(out: Path, jobs: list[JobConfig]) -> None:
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        for number, job in enumerate(jobs, 1):
+            task = progress.add_task(f"[{number}/{len(jobs)}] {job.layer} {job.size} {job.dataset}",
+                                     total=job.budget_s, info="starting")
+            record = run_one(out, job, lambda event: show_event(progress, task, event))
+            status = record["status"]
+            shown = (f"clean {100 * record['clean_acc']:.1f}%  CRA36 {100 * record['cra_36']:.1f}%"
+                     if status == "ok" else f"[red]{status}[/]: {record.get('error', '')}"[:120])
+            progress.update(task, completed=job.budget_s, info=shown)
+
+
+def show_event(progress: Progress, task: TaskID, event: dict[str, Any]) -> None:
+    phase = event.get("phase")
+    if phase == "train":
+        remaining = max(0.0, event["budget"] - event["elapsed"])
+        progress.update(task, completed=min(event["elapsed"], event["budget"]),
+                        info=f"{format_duration(remaining)} left · epoch {event['epoch']:.1f} · loss {event['loss']:.3f}")
+    elif phase == "trained":
+        progress.update(task, completed=event["budget"], info=f"trained {event['epoch']:.1f} epochs")
+    elif phase == "certify":
+        progress.update(task, info="certifying and measuring")

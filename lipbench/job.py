@@ -1,0 +1,121 @@
+"""One job, run in its own process: train under the budget, certify, measure, record.
+
+``python -m lipbench.job JOB_DIR`` reads ``JOB_DIR/config.json`` and always leaves
+``JOB_DIR/record.json`` behind: with status ``ok``, or with the failure (``nan``, ``oom``,
+``error``) and whatever was measured before it. Training and evaluation points go to
+``JOB_DIR/events.jsonl`` as they happen (the parent's progress bar reads them).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lipbench.certify import (certificate, certified_accuracy, evaluate, peak_memory_mb,
+                              reset_peak_memory)
+from lipbench.data import copy_to, load_dataset
+from lipbench.model import count_parameters, create_model
+from lipbench.plan import JobConfig
+from lipbench.records import RECORD_NAME, clean_numbers, environment, write_json_atomic
+from lipbench.registry import get_method, load_plugin
+from lipbench.train import TrainingDiverged, train
+
+CONFIG_NAME, EVENTS_NAME, MODEL_NAME = "config.json", "events.jsonl", "model.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA device is visible")
+    return device
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class EventLog:
+    """Append-only JSON lines, flushed at once, so a killed job still leaves its history."""
+
+    def __init__(self, path: Path):
+        self.stream = open(path, "a", buffering=1)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.stream.write(json.dumps({"time": time.time(), **event}) + "\n")
+
+
+def run_job(config: JobConfig, job_dir: Path) -> dict[str, Any]:
+    """Run ``config`` in this process and write its record into ``job_dir``; returns the record."""
+    for plugin in config.plugins:
+        load_plugin(plugin)
+    method = get_method(config.layer)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    log = EventLog(job_dir / EVENTS_NAME)
+    record: dict[str, Any] = {
+        **{k: v for k, v in vars(config).items()}, "job_id": config.job_id, "status": "error",
+        "family": method.family, "padding": method.padding, "exact_bound": method.exact,
+        "approximation": dict(method.approximation), "started_at": now_iso(), "environment": environment(device),
+    }
+    try:
+        data = copy_to(load_dataset(config.dataset, config.data_dir), device)
+        model = create_model(config.layer, config.size, data.in_shape, data.n_classes, **config.layer_options).to(device)
+        record["params"] = count_parameters(model)
+        reset_peak_memory(device)
+        report = train(model, method, data, config.train_settings(), device, config.seed, log)
+        record.update(train_seconds=report.train_seconds, epochs_planned=report.epochs_planned,
+                      epochs_done=report.epochs_done, steps=report.steps, steps_planned=report.steps_planned,
+                      train_throughput=report.train_throughput, data_seconds=report.data_seconds,
+                      warmup_seconds=report.warmup_seconds, stopped_by=report.stopped_by, final_loss=report.final_loss)
+        record["peak_memory_mb"], record["memory_counter"] = peak_memory_mb(device)
+        if config.save_model:
+            save_model(model, job_dir / MODEL_NAME)
+        log({"phase": "certify"})
+        model.eval()
+        record.update(certificate(model, method))
+        mean = data.x_train.mean(dim=(0, 2, 3), keepdim=True)
+        reset_peak_memory(device)
+        margin, timing = evaluate(model, data.x_test, data.y_test, mean, config.batch_size, device)
+        record.update(timing)
+        record.update(certified_accuracy(margin.cpu(), record["lipschitz_bound"]))
+        record["infer_peak_memory_mb"] = peak_memory_mb(device)[0]
+        record["status"] = "ok"
+        log({"phase": "done", **{k: record[k] for k in ("clean_acc", "cra_36")}})
+    except TrainingDiverged as error:
+        record.update(status="nan", error=str(error))
+    except torch.OutOfMemoryError as error:
+        record.update(status="oom", error=str(error).splitlines()[0])
+    except MemoryError:
+        record.update(status="oom", error="host out of memory")
+    except Exception as error:  # any other failure is still a row, with its traceback in the log
+        record.update(status="error", error=f"{type(error).__name__}: {error}")
+        traceback.print_exc()
+    record["finished_at"] = now_iso()
+    write_json_atomic(job_dir / RECORD_NAME, clean_numbers(record))
+    return record
+
+
+def save_model(model: torch.nn.Module, path: Path) -> None:
+    """Save the trained weights atomically (audits rebuild the model from config.json and these)."""
+    partial = path.with_suffix(".partial")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    job_dir = Path((argv or sys.argv[1:])[0])
+    config = JobConfig.from_dict(json.loads((job_dir / CONFIG_NAME).read_text()))
+    record = run_job(config, job_dir)
+    sys.exit(0 if record["status"] == "ok" else 3)
+
+
+if __name__ == "__main__":
+    main()

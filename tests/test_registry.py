@@ -1,0 +1,103 @@
+import sys
+import textwrap
+import warnings
+from importlib.metadata import EntryPoint
+
+import pytest
+import torch
+from torch import nn
+
+import lipbench
+from lipbench import registry
+
+
+@pytest.fixture
+def scratch_layer():
+    names = []
+
+    def register(name, **declaration):
+        names.append(name)
+        declaration = {"family": "test", "padding": "zero", "exact": True, **declaration}
+
+        @lipbench.register_layer(name, **declaration)
+        def build(kind, in_channels, out_channels, kernel_size=3, stride=1, scale=1.0):
+            layer = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2) if kind == "conv" \
+                else nn.Linear(in_channels, out_channels)
+            layer.scale = scale
+            return layer
+
+        return build
+
+    yield register
+    for name in names:
+        registry.unregister_layer(name)
+
+
+def test_builtin_layers_register_through_the_public_decorator():
+    assert {"aol", "standard"} <= set(lipbench.list_layers())
+    assert lipbench.get_method("aol").build.__module__ == "lipbench.layers.aol"
+
+
+def test_decorator_returns_the_factory_and_rejects_duplicates(scratch_layer):
+    build = scratch_layer("zz-test")
+    assert callable(build) and lipbench.get_method("zz-test").build is build
+    with pytest.raises(ValueError, match="already registered"):
+        scratch_layer("zz-test")
+
+
+def test_list_layers_takes_wildcards_and_sorts(scratch_layer):
+    scratch_layer("zz-b")
+    scratch_layer("zz-a")
+    assert lipbench.list_layers("zz-*") == ["zz-a", "zz-b"]
+    assert lipbench.list_layers("zz-a,zz-b", exclude="*b") == ["zz-a"]
+    assert lipbench.list_layers("nothing*") == []
+
+
+def test_create_layer_drops_none_options_and_validates(scratch_layer):
+    scratch_layer("zz-c", strides=(1,), kinds=("conv",))
+    layer = lipbench.create_layer("zz-c", "conv", 3, 5, kernel_size=None, stride=None, scale=None)
+    assert layer.kernel_size == (3, 3) and layer.scale == 1.0
+    with pytest.raises(ValueError, match="stride"):
+        lipbench.create_layer("zz-c", "conv", 3, 5, 3, stride=2)
+    with pytest.raises(ValueError, match="linear"):
+        lipbench.create_layer("zz-c", "linear", 3, 5)
+
+
+def test_unknown_layer_names_the_name():
+    with pytest.raises(lipbench.UserError, match="'nope'.*registered layers: .*aol"):
+        lipbench.create_layer("nope", "conv", 3, 3)
+
+
+def test_plugin_file_registers_and_a_broken_plugin_only_warns(tmp_path):
+    good = tmp_path / "good_plugin.py"
+    good.write_text(textwrap.dedent("""
+        from torch import nn
+        import lipbench
+
+        @lipbench.register_layer("zz-plugin", family="test", padding="zero", exact=True, kinds=("linear",))
+        def build(kind, in_channels, out_channels, kernel_size=None, stride=None):
+            return nn.Linear(in_channels, out_channels)
+    """))
+    lipbench.load_plugin(str(good))
+    try:
+        assert "zz-plugin" in lipbench.list_layers()
+    finally:
+        registry.unregister_layer("zz-plugin")
+    with pytest.warns(UserWarning, match="failed to load"):
+        lipbench.load_plugin("no_such_module_anywhere")
+
+
+def test_entry_point_plugins_load_lazily_and_failures_warn(monkeypatch):
+    broken = EntryPoint(name="broken", value="no_such_module_xyz:thing", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [broken] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with pytest.warns(UserWarning, match="plugin 'broken'"):
+        names = lipbench.list_layers()
+    assert "aol" in names
+
+
+def test_resolve_layers_expands_wildcards_and_rejects_unknown():
+    assert registry.resolve_layers("aol,standard,aol") == ["aol", "standard"]
+    assert "aol" in registry.resolve_layers("a*")
+    with pytest.raises(lipbench.UserError, match="no registered layer matches"):
+        registry.resolve_layers("qq*")
