@@ -318,6 +318,15 @@ def as_labels(y: np.ndarray, x: Tensor, split: str, name: str) -> Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
+def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """Train on part of the training set and evaluate on the rest (``fraction`` of it); the test set is not used."""
+    order = torch.randperm(len(dataset.x_train), generator=torch.Generator().manual_seed(seed))
+    n_held = max(1, int(fraction * len(order)))
+    held, kept = order[:n_held], order[n_held:]
+    return Dataset(f"{dataset.name}[holdout {fraction:g}]", dataset.x_train[kept], dataset.y_train[kept],
+                   dataset.x_train[held], dataset.y_train[held], dataset.n_classes)
+
+
 def copy_to(dataset: Dataset, device: torch.device) -> Dataset:
     return Dataset(dataset.name, dataset.x_train.to(device), dataset.y_train.to(device),
                    dataset.x_test.to(device), dataset.y_test.to(device), dataset.n_classes)

@@ -4,10 +4,15 @@
 ``JOB_DIR/record.json`` behind: with status ``ok``, or with the failure (``nan``, ``oom``,
 ``error``) and whatever was measured before it. Training and evaluation points go to
 ``JOB_DIR/events.jsonl`` as they happen (the parent's progress bar reads them).
+
+The job holds ``JOB_DIR/running.lock`` (its pid) while it runs, so two sweeps sharing a
+results folder never run the same job at once: the second exits with ``LOCKED_EXIT``.
+Training checkpoints to ``JOB_DIR/checkpoint.pt``; a job started again resumes from it.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -19,7 +24,7 @@ import torch
 
 from lipbench.certify import (certificate, certified_accuracy, evaluate, peak_memory_mb,
                               reset_peak_memory)
-from lipbench.data import copy_to, load_dataset
+from lipbench.data import copy_to, holdout_split, load_dataset
 from lipbench.model import count_parameters, create_model
 from lipbench.plan import JobConfig
 from lipbench.records import RECORD_NAME, clean_numbers, environment, write_json_atomic
@@ -27,6 +32,8 @@ from lipbench.registry import get_method, load_plugin
 from lipbench.train import TrainingDiverged, train
 
 CONFIG_NAME, EVENTS_NAME, MODEL_NAME = "config.json", "events.jsonl", "model.pt"
+LOCK_NAME, CHECKPOINT_NAME = "running.lock", "checkpoint.pt"
+LOCKED_EXIT = 75
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,12 +73,18 @@ def run_job(config: JobConfig, job_dir: Path) -> dict[str, Any]:
         "approximation": dict(method.approximation), "started_at": now_iso(), "environment": environment(device),
     }
     try:
-        data = copy_to(load_dataset(config.dataset, config.data_dir), device)
+        data = load_dataset(config.dataset, config.data_dir)
+        if config.holdout:
+            data = holdout_split(data, config.holdout, config.seed)
+        data = copy_to(data, device)
         model = create_model(config.layer, config.size, data.in_shape, data.n_classes, **config.layer_options).to(device)
         record["params"] = count_parameters(model)
         reset_peak_memory(device)
-        report = train(model, method, data, config.train_settings(), device, config.seed, log)
+        report = train(model, method, data, config.train_settings(), device, config.seed, log,
+                       checkpoint=job_dir / CHECKPOINT_NAME)
         record.update(train_seconds=report.train_seconds, epochs_planned=report.epochs_planned,
+                      resumed_at_step=report.resumed_at_step, step_seconds=report.step_seconds,
+                      steps_per_epoch=report.steps_per_epoch,
                       epochs_done=report.epochs_done, steps=report.steps, steps_planned=report.steps_planned,
                       train_throughput=report.train_throughput, data_seconds=report.data_seconds,
                       warmup_seconds=report.warmup_seconds, stopped_by=report.stopped_by, final_loss=report.final_loss)
@@ -100,7 +113,44 @@ def run_job(config: JobConfig, job_dir: Path) -> dict[str, Any]:
         traceback.print_exc()
     record["finished_at"] = now_iso()
     write_json_atomic(job_dir / RECORD_NAME, clean_numbers(record))
+    (job_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return record
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(job_dir: Path) -> int | None:
+    """The pid running this job right now, if any (a lock left by a dead process does not count)."""
+    try:
+        pid = int((job_dir / LOCK_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and pid_alive(pid) else None
+
+
+def acquire_lock(job_dir: Path) -> bool:
+    """Take the job's lock, replacing a stale one; False if a live process holds it."""
+    path = job_dir / LOCK_NAME
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if lock_holder(job_dir) is not None:
+                return False
+            path.unlink(missing_ok=True)  # stale: its process is gone (crash, kill -9)
+            continue
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(str(os.getpid()))
+        return True
+    return False
 
 
 def save_model(model: torch.nn.Module, path: Path) -> None:
@@ -113,7 +163,12 @@ def save_model(model: torch.nn.Module, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     job_dir = Path((argv or sys.argv[1:])[0])
     config = JobConfig.from_dict(json.loads((job_dir / CONFIG_NAME).read_text()))
-    record = run_job(config, job_dir)
+    if not acquire_lock(job_dir):
+        sys.exit(LOCKED_EXIT)
+    try:
+        record = run_job(config, job_dir)
+    finally:
+        (job_dir / LOCK_NAME).unlink(missing_ok=True)
     sys.exit(0 if record["status"] == "ok" else 3)
 
 

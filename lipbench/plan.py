@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lipbench.budget import Budget
@@ -37,6 +37,8 @@ class JobConfig:
     device: str = "auto"
     layer_options: dict[str, Any] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
+    holdout: float = 0.0  # > 0: evaluate on this fraction of the training set, held out (tuning)
+    retry_of: str | None = None  # the id of the failed job this one retries
     data_dir: str | None = None
     save_model: bool = True
 
@@ -79,6 +81,3 @@ def expand(layers: list[str], sizes: list[str], datasets: list[str], budgets: li
                               seed=seed, **settings, **common))
     return jobs
 
-
-def with_overrides(job: JobConfig, **changes: Any) -> JobConfig:
-    return replace(job, **changes)

@@ -6,15 +6,19 @@ Layout under the results folder::
     jobs/<job_id>/record.json     its result, written atomically (also for failures)
     jobs/<job_id>/events.jsonl    time-stamped training and evaluation points
     jobs/<job_id>/stdout.log      the job process's output
-    jobs/<job_id>/model.pt        the trained weights
+    jobs/<job_id>/model.pt        the trained weights (checkpoint.pt while training)
     sweeps/<time>-<hash>/sweep.json   what was asked for, the job ids, the environment
+    calibration.json              measured seconds per training step, per layer/size/dataset/batch/device
 
 A job whose process dies without a record (killed, segfault) or runs past its time limit gets
 a record written by the parent (``crashed`` / ``timeout``). Ctrl-C records the running job as
-``interrupted`` and stops the sweep; finished records are never touched again.
+``interrupted`` and stops the sweep; finished records are never touched again. A job that
+diverged (``nan``) may be retried with another seed, one out of memory (``oom``) at half the
+batch; the retry is a new job that names the one it retries.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -22,16 +26,85 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from lipbench.job import CONFIG_NAME, EVENTS_NAME, now_iso
+from lipbench.job import CONFIG_NAME, EVENTS_NAME, LOCKED_EXIT, lock_holder, now_iso
 from lipbench.plan import JobConfig
 from lipbench.records import RECORD_NAME, write_json_atomic
 
 POLL_SECONDS = 0.5
 FINISHED = ("ok", "nan", "oom", "error", "timeout", "crashed")
+CALIBRATION_NAME = "calibration.json"
+RUNNING_ELSEWHERE = "running-elsewhere"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    nan_retries: int = 1  # re-run a diverged job with another seed
+    oom_retries: int = 1  # re-run an out-of-memory job at half the batch size
+
+
+class Observer(Protocol):
+    def started(self, job: JobConfig, number: int, total: int) -> None: ...
+    def event(self, job: JobConfig, event: dict[str, Any]) -> None: ...
+    def finished(self, job: JobConfig, record: dict[str, Any]) -> None: ...
+
+
+def retry_for(job: JobConfig, record: dict[str, Any], policy: RetryPolicy, attempt: int) -> JobConfig | None:
+    """The job to run next after ``record``, if the policy retries its failure."""
+    origin = job.retry_of or job.job_id
+    if record["status"] == "nan" and attempt < policy.nan_retries:
+        return replace(job, seed=job.seed + 1000, retry_of=origin)
+    if record["status"] == "oom" and attempt < policy.oom_retries and job.batch_size > 1:
+        return replace(job, batch_size=job.batch_size // 2, retry_of=origin)
+    return None
+
+
+def run_jobs(out: Path, jobs: list[JobConfig], observer: Observer, policy: RetryPolicy = RetryPolicy()
+             ) -> list[dict[str, Any]]:
+    """Run ``jobs`` one after another (each in its own process), with retries; returns the final records."""
+    records = []
+    for number, job in enumerate(jobs, 1):
+        attempt = 0
+        while True:
+            observer.started(job, number, len(jobs))
+            record = run_one(out, job, lambda event, job=job: observer.event(job, event))
+            observer.finished(job, record)
+            remember_calibration(out, job, record)
+            follow = retry_for(job, record, policy, attempt)
+            if follow is None:
+                break
+            job, attempt = follow, attempt + 1
+        records.append(record)
+    return records
+
+
+def calibration_key(job: JobConfig, device_name: str) -> str:
+    return f"{job.layer}|{job.size}|{job.dataset}|{job.batch_size}|{job.precision}|{device_name}"
+
+
+def remember_calibration(out: Path, job: JobConfig, record: dict[str, Any]) -> None:
+    """Cache the job's measured step time for planning (dry runs); read-modify-write under a file lock."""
+    step, per_epoch = record.get("step_seconds"), record.get("steps_per_epoch")
+    device = (record.get("environment") or {}).get("device_name")
+    if not (step and per_epoch and device):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".calibration.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = read_calibration(out)
+        table[calibration_key(job, device)] = {"step_seconds": step, "steps_per_epoch": per_epoch}
+        write_json_atomic(out / CALIBRATION_NAME, table)
+
+
+def read_calibration(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / CALIBRATION_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def time_limit(config: JobConfig) -> float:
@@ -43,12 +116,17 @@ def job_dir(out: Path, config: JobConfig) -> Path:
     return out / "jobs" / config.job_id
 
 
-def existing_status(out: Path, config: JobConfig) -> str | None:
-    """The status of this job's record in ``out``, None if it has none (or an unreadable one)."""
+def existing_record(out: Path, config: JobConfig) -> dict[str, Any] | None:
+    """This job's record in ``out``; None if it has none (or an unreadable one)."""
     try:
-        return json.loads((job_dir(out, config) / RECORD_NAME).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads((job_dir(out, config) / RECORD_NAME).read_text())
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def existing_status(out: Path, config: JobConfig) -> str | None:
+    return (existing_record(out, config) or {}).get("status")
 
 
 def write_sweep(out: Path, jobs: list[JobConfig], request: dict[str, Any], environment: dict[str, Any]) -> Path:
@@ -86,6 +164,8 @@ class EventTail:
 def run_one(out: Path, config: JobConfig, on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Run ``config`` in a child process; returns its record (written by the child or, failing that, here)."""
     folder = job_dir(out, config)
+    if lock_holder(folder) is not None:
+        return {**vars(config), "job_id": config.job_id, "status": RUNNING_ELSEWHERE}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RECORD_NAME).unlink(missing_ok=True)
     (folder / EVENTS_NAME).unlink(missing_ok=True)
@@ -111,7 +191,10 @@ def run_one(out: Path, config: JobConfig, on_event: Callable[[dict[str, Any]], N
         finally:
             for event in tail.read():
                 on_event(event)
-            record = read_or_write_failure(folder, config, status, child.returncode)
+            if child.returncode != LOCKED_EXIT:
+                record = read_or_write_failure(folder, config, status, child.returncode)
+    if child.returncode == LOCKED_EXIT:  # another sweep started the same job a moment before us
+        return {**vars(config), "job_id": config.job_id, "status": RUNNING_ELSEWHERE}
     return record
 
 

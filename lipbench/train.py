@@ -8,12 +8,17 @@ supply its optimizer and an extra loss term. It
 2. schedules the learning rate with OneCycle over the planned steps (as the paper does);
 3. enforces the deadline: it never starts a step it expects to end past the budget.
 All calibration steps are real training steps and count against the budget.
+
+With a checkpoint path, the loop saves its whole state (model, optimizer, data order, plan,
+seconds used) every ``checkpoint_every`` seconds, atomically, and a later call with the same
+path resumes from it: a preempted or killed job loses at most that much training.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -58,6 +63,7 @@ class TrainReport:
     images: int = 0
     stopped_by: str = "plan"
     final_loss: float = float("nan")
+    resumed_at_step: int = 0
 
     @property
     def epochs_done(self) -> float:
@@ -129,6 +135,13 @@ class Batches:
         self.order: Tensor = torch.empty(0, dtype=torch.long)
         self.position = self.per_epoch
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order.cpu(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"].to(self.x.device), state["position"]
+
     def next(self) -> tuple[Tensor, Tensor]:
         if self.position >= self.per_epoch:
             self.order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
@@ -141,20 +154,45 @@ class Batches:
         return x, self.y[index]
 
 
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+                    report: TrainReport, elapsed: float, step_time: float) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "batches": batches.state_dict(),
+                "report": asdict(report), "elapsed": elapsed, "step_time": step_time}, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+                    report: TrainReport) -> tuple[float, float]:
+    """Restore a checkpoint in place; returns (seconds already used, step time)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    batches.load_state_dict(state["batches"])
+    for key, value in state["report"].items():
+        setattr(report, key, value)
+    report.resumed_at_step = report.steps
+    return state["elapsed"], state["step_time"]
+
+
 def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainSettings, device: torch.device,
-          seed: int = 0, on_event: Callable[[dict[str, Any]], None] | None = None) -> TrainReport:
+          seed: int = 0, on_event: Callable[[dict[str, Any]], None] | None = None,
+          checkpoint: Path | None = None, checkpoint_every: float = 600.0) -> TrainReport:
     """Train ``model`` in place until its plan is done or the budget is spent; returns what happened."""
-    started = time.perf_counter()
-    deadline = started + settings.budget_s
     mean = data.x_train.mean(dim=(0, 2, 3), keepdim=True)
     batches = Batches(data.x_train, data.y_train, settings.batch_size, mean, settings.augment, seed)
     report = TrainReport(steps_per_epoch=batches.per_epoch)
     rough_total = max(1, batches.per_epoch)  # replaced by the calibrated plan below
     optimizer = make_optimizer(model, method, settings, batches.per_epoch, rough_total)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+    used, step_time = (0.0, float("inf"))
+    if checkpoint is not None and checkpoint.is_file():
+        used, step_time = load_checkpoint(checkpoint, model, optimizer, batches, report)
+    started = time.perf_counter() - used
+    deadline = started + settings.budget_s
     model.train()
-    step_time = float("inf")
-    next_replan, last_sync, last_sync_step, last_event = 0, started, 0, started
+    next_replan, last_sync, last_sync_step, last_event = report.steps, time.perf_counter(), report.steps, started
+    last_checkpoint = time.perf_counter()
     while True:
         now = time.perf_counter()
         if report.steps >= CALIBRATION_STEPS + 1 and report.steps >= next_replan:
@@ -193,6 +231,9 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
                 window = (now - last_sync) / (report.steps - last_sync_step)
                 step_time = window if math.isinf(step_time) else 0.7 * step_time + 0.3 * window
             last_sync, last_sync_step = now, report.steps
+            if checkpoint is not None and now - last_checkpoint > checkpoint_every:
+                save_checkpoint(checkpoint, model, optimizer, batches, report, now - started, step_time)
+                last_checkpoint = now
             if on_event is not None and (now - last_event > 1.0 or report.steps == 1):
                 last_event = now
                 on_event({"phase": "train", "step": report.steps, "steps_planned": report.steps_planned,

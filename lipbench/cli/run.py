@@ -18,7 +18,8 @@ from lipbench.job import resolve_device
 from lipbench.plan import JobConfig, expand
 from lipbench.records import environment
 from lipbench.registry import get_method, load_plugin, resolve_layers
-from lipbench.runner import FINISHED, existing_status, run_one, write_sweep
+from lipbench.runner import (FINISHED, RetryPolicy, calibration_key, existing_status, read_calibration, run_jobs,
+                             write_sweep)
 
 console = Console()
 
@@ -66,7 +67,11 @@ def run_command(
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or bf16 autocast."),
     layer_option: Optional[list[str]] = typer.Option(None, help="key=value passed to every layer/model, repeatable."),
     plugin: Optional[list[str]] = typer.Option(None, help="Module or .py file that registers layers, repeatable."),
-    force: bool = typer.Option(False, help="Re-run jobs that already have a finished record."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip jobs that already have a finished record "
+                                "(their id is a hash of the settings); --no-resume re-runs them."),
+    force: bool = typer.Option(False, help="Same as --no-resume."),
+    retries: int = typer.Option(1, help="Re-run a diverged (NaN) job with another seed, an out-of-memory job at half "
+                                "the batch, up to this many times; 0 disables. Retries are recorded as their own rows."),
     dry_run: bool = typer.Option(False, help="Print the planned jobs and exit."),
     save_model: bool = typer.Option(True, help="Keep each trained model (model.pt) for audits."),
 ) -> None:
@@ -97,7 +102,8 @@ def run_command(
     report_missing_sizes(names, size_list)
     if not jobs:
         raise UserError("nothing to run: no layer offers the requested sizes")
-    pending = [job for job in jobs if force or existing_status(out, job) not in FINISHED]
+    rerun = force or not resume
+    pending = [job for job in jobs if rerun or existing_status(out, job) not in FINISHED]
     if dry_run:
         print_plan(jobs, out)
         return
@@ -108,7 +114,7 @@ def run_command(
                         environment(resolve_device(device)))
     console.print(f"{len(jobs)} jobs, {len(jobs) - len(pending)} already done; sweep {sweep.name}; results in {out}/")
     try:
-        run_with_progress(out, pending)
+        run_jobs(out, pending, ProgressObserver(), RetryPolicy(nan_retries=retries, oom_retries=retries))
     finally:
         board = report_into(out, [job.job_id for job in jobs])
         if board is not None:
@@ -126,39 +132,54 @@ def report_missing_sizes(names: list[str], sizes: list[str]) -> None:
 def print_plan(jobs: list[JobConfig], out: Path) -> None:
     from rich.table import Table
 
+    calibration = read_calibration(out)
+    device_name = environment(resolve_device(jobs[0].device))["device_name"]
     table = Table(title=f"{len(jobs)} planned jobs")
-    for column in ("id", "status", "layer", "size", "dataset", "budget", "seed", "lr", "batch"):
+    for column in ("id", "status", "layer", "size", "dataset", "budget", "seed", "lr", "batch", "est. epochs"):
         table.add_column(column)
     total = 0.0
     for job in jobs:
         status = existing_status(out, job) or "pending"
         total += job.budget_s if status not in FINISHED else 0
+        measured = calibration.get(calibration_key(job, device_name))
+        epochs = f"{job.budget_s / measured['step_seconds'] / measured['steps_per_epoch']:.1f}" if measured else "?"
         table.add_row(job.job_id, status, job.layer, job.size, job.dataset, job.budget, str(job.seed), f"{job.lr:g}",
-                      str(job.batch_size))
+                      str(job.batch_size), epochs)
     console.print(table)
-    console.print(f"device time still to spend on training: {format_duration(total)} (plus loading and certification)")
+    console.print(f"device time still to spend on training: {format_duration(total)} (plus loading and certification); "
+                  "'?' epochs: not calibrated on this device yet (a run measures it)")
 
 
-def run_with_progress(out: Path, jobs: list[JobConfig]) -> None:
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        for number, job in enumerate(jobs, 1):
-            task = progress.add_task(f"[{number}/{len(jobs)}] {job.layer} {job.size} {job.dataset}",
-                                     total=job.budget_s, info="starting")
-            record = run_one(out, job, lambda event: show_event(progress, task, event))
-            status = record["status"]
-            shown = (f"clean {100 * record['clean_acc']:.1f}%  CRA36 {100 * record['cra_36']:.1f}%"
-                     if status == "ok" else f"[red]{status}[/]: {record.get('error', '')}"[:120])
-            progress.update(task, completed=job.budget_s, info=shown)
+class ProgressObserver:
+    """A rich progress bar per job: budget spent, time left, epoch, loss; then the job's result."""
 
+    def __init__(self) -> None:
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn()]
+        self.progress = Progress(*columns, console=console, transient=False)
+        self.task: TaskID | None = None
 
-def show_event(progress: Progress, task: TaskID, event: dict[str, Any]) -> None:
-    phase = event.get("phase")
-    if phase == "train":
-        remaining = max(0.0, event["budget"] - event["elapsed"])
-        progress.update(task, completed=min(event["elapsed"], event["budget"]),
-                        info=f"{format_duration(remaining)} left · epoch {event['epoch']:.1f} · loss {event['loss']:.3f}")
-    elif phase == "trained":
-        progress.update(task, completed=event["budget"], info=f"trained {event['epoch']:.1f} epochs")
-    elif phase == "certify":
-        progress.update(task, info="certifying and measuring")
+    def started(self, job: JobConfig, number: int, total: int) -> None:
+        self.progress.start()
+        retry = " (retry)" if job.retry_of else ""
+        self.task = self.progress.add_task(f"[{number}/{total}] {job.layer} {job.size} {job.dataset}{retry}",
+                                           total=job.budget_s, info="starting")
+
+    def event(self, job: JobConfig, event: dict[str, Any]) -> None:
+        phase = event.get("phase")
+        if phase == "train":
+            remaining = max(0.0, event["budget"] - event["elapsed"])
+            self.progress.update(self.task, completed=min(event["elapsed"], event["budget"]),
+                                 info=f"{format_duration(remaining)} left · epoch {event['epoch']:.2f} · "
+                                      f"loss {event['loss']:.3f}")
+        elif phase == "trained":
+            self.progress.update(self.task, completed=event["budget"], info=f"trained {event['epoch']:.2f} epochs")
+        elif phase == "certify":
+            self.progress.update(self.task, info="certifying and measuring")
+
+    def finished(self, job: JobConfig, record: dict[str, Any]) -> None:
+        status = record["status"]
+        shown = (f"clean {100 * record['clean_acc']:.1f}%  CRA36 {100 * record['cra_36']:.1f}%" if status == "ok"
+                 else f"[red]{status}[/] {record.get('error', '')}"[:110])
+        self.progress.update(self.task, completed=job.budget_s, info=shown)
+        self.progress.stop()
