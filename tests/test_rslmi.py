@@ -106,7 +106,7 @@ def test_extra_loss_of_the_benchmark_model():
     layers = model.method_layers()
     loss = lipbench.get_method("rslmi").extra_loss(model)
     loss.backward()
-    assert float(loss) == pytest.approx(0.5 * len(layers), rel=1e-5)  # tau = 1 and W feasible at init
+    assert loss.item() == pytest.approx(0.5 * len(layers), rel=1e-5)  # tau = 1 and W feasible at init
     assert all(layer.log_tau.grad is not None and layer.weight.grad is not None for layer in layers)
     assert sketched_layers(model) is sketched_layers(model)  # traced once, not every step
 
