@@ -8,6 +8,11 @@
 The job holds ``JOB_DIR/running.lock`` (its pid) while it runs, so two sweeps sharing a
 results folder never run the same job at once: the second exits with ``LOCKED_EXIT``.
 Training checkpoints to ``JOB_DIR/checkpoint.pt``; a job started again resumes from it.
+
+Several processes may train one job with DDP (:mod:`lipbench.distributed`): with
+``LIPBENCH_NPROC=N`` (``lipbench run --nproc N``) this process starts N replicas; under
+``torchrun -m lipbench.job JOB_DIR`` each rank is one. Rank 0 holds the lock, logs, checkpoints,
+certifies and records; the other ranks only train.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ import torch
 
 from lipbench.certify import (certificate, certified_accuracy, evaluate, peak_memory_mb,
                               reset_peak_memory)
-from lipbench.data import copy_to, holdout_split, load_dataset
+from lipbench.data import Dataset, copy_to, holdout_split, load_dataset
+from lipbench.distributed import World, launch, requested_processes
 from lipbench.model import count_parameters, create_model
 from lipbench.plan import JobConfig
 from lipbench.records import RECORD_NAME, clean_numbers, environment, write_json_atomic
@@ -32,7 +38,7 @@ from lipbench.registry import get_method, load_plugin
 from lipbench.train import TrainingDiverged, train
 
 CONFIG_NAME, EVENTS_NAME, MODEL_NAME = "config.json", "events.jsonl", "model.pt"
-LOCK_NAME, CHECKPOINT_NAME = "running.lock", "checkpoint.pt"
+LOCK_NAME, CHECKPOINT_NAME, RENDEZVOUS_NAME = "running.lock", "checkpoint.pt", "rendezvous"
 LOCKED_EXIT = 75
 
 
@@ -59,29 +65,40 @@ class EventLog:
         self.stream.write(json.dumps({"time": time.time(), **event}) + "\n")
 
 
-def run_job(config: JobConfig, job_dir: Path) -> dict[str, Any]:
-    """Run ``config`` in this process and write its record into ``job_dir``; returns the record."""
+def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Module]:
+    """The job's data, on ``device``, and its freshly initialized model."""
+    data = load_dataset(config.dataset, config.data_dir)
+    if config.holdout:
+        data = holdout_split(data, config.holdout, config.seed)
+    data = copy_to(data, device)
+    model = create_model(config.layer, config.size, data.in_shape, data.n_classes, **config.layer_options).to(device)
+    return data, model
+
+
+def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dict[str, Any]:
+    """Run ``config`` in this process and write its record into ``job_dir``; returns the record.
+
+    In a distributed ``world`` this is rank 0: it trains beside the other ranks (:func:`train_replica`).
+    """
+    world = world or World()
     for plugin in config.plugins:
         load_plugin(plugin)
     method = get_method(config.layer)
-    device = resolve_device(config.device)
+    device = world.join(resolve_device(config.device))
     torch.manual_seed(config.seed)
     log = EventLog(job_dir / EVENTS_NAME)
     record: dict[str, Any] = {
         **{k: v for k, v in vars(config).items()}, "job_id": config.job_id, "status": "error",
         "family": method.family, "padding": method.padding, "exact_bound": method.exact,
         "approximation": dict(method.approximation), "started_at": now_iso(), "environment": environment(device),
+        "world_size": world.size,
     }
     try:
-        data = load_dataset(config.dataset, config.data_dir)
-        if config.holdout:
-            data = holdout_split(data, config.holdout, config.seed)
-        data = copy_to(data, device)
-        model = create_model(config.layer, config.size, data.in_shape, data.n_classes, **config.layer_options).to(device)
+        data, model = build(config, device)
         record["params"] = count_parameters(model)
         reset_peak_memory(device)
         report = train(model, method, data, config.train_settings(), device, config.seed, log,
-                       checkpoint=job_dir / CHECKPOINT_NAME)
+                       checkpoint=job_dir / CHECKPOINT_NAME, world=world)
         record.update(train_seconds=report.train_seconds, epochs_planned=report.epochs_planned,
                       resumed_at_step=report.resumed_at_step, step_seconds=report.step_seconds,
                       steps_per_epoch=report.steps_per_epoch,
@@ -115,6 +132,31 @@ def run_job(config: JobConfig, job_dir: Path) -> dict[str, Any]:
     write_json_atomic(job_dir / RECORD_NAME, clean_numbers(record))
     (job_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return record
+
+
+def train_replica(config: JobConfig, job_dir: Path, world: World) -> None:
+    """Rank > 0 of a distributed job: train beside rank 0, which logs, checkpoints, certifies and records."""
+    for plugin in config.plugins:
+        load_plugin(plugin)
+    device = world.join(resolve_device(config.device))
+    torch.manual_seed(config.seed)
+    data, model = build(config, device)
+    try:
+        train(model, get_method(config.layer), data, config.train_settings(), device, config.seed,
+              checkpoint=job_dir / CHECKPOINT_NAME, world=world)
+    except TrainingDiverged:
+        pass  # all ranks see the same (averaged) loss, so rank 0 diverged too and records it
+
+
+def replica(config: JobConfig, job_dir: Path, world: World) -> dict[str, Any] | None:
+    """This process's part of the job: all of it when alone; rank 0's record, or None on the other ranks."""
+    try:
+        if world.main:
+            return run_job(config, job_dir, world)
+        train_replica(config, job_dir, world)
+        return None
+    finally:
+        world.leave()
 
 
 def pid_alive(pid: int) -> bool:
@@ -163,10 +205,19 @@ def save_model(model: torch.nn.Module, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     job_dir = Path((argv or sys.argv[1:])[0])
     config = JobConfig.from_dict(json.loads((job_dir / CONFIG_NAME).read_text()))
+    world = World.from_environment()  # one rank under torchrun; a world of one otherwise
+    if not world.main:
+        replica(config, job_dir, world)
+        return
     if not acquire_lock(job_dir):
         sys.exit(LOCKED_EXIT)
     try:
-        record = run_job(config, job_dir)
+        processes = requested_processes()
+        if processes > 1 and not world.distributed:  # --nproc: start the replicas; rank 0 writes the record
+            launch(processes, job_dir / RENDEZVOUS_NAME, replica, config, job_dir)
+            record = json.loads((job_dir / RECORD_NAME).read_text())
+        else:
+            record = replica(config, job_dir, world)
     finally:
         (job_dir / LOCK_NAME).unlink(missing_ok=True)
     sys.exit(0 if record["status"] == "ok" else 3)

@@ -161,8 +161,12 @@ class EventTail:
         return events
 
 
-def run_one(out: Path, config: JobConfig, on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Run ``config`` in a child process; returns its record (written by the child or, failing that, here)."""
+def run_one(out: Path, config: JobConfig, on_event: Callable[[dict[str, Any]], None],
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``config`` in a child process; returns its record (written by the child or, failing that, here).
+
+    ``env``: variables set for the child on top of this process's environment (e.g. ``CUDA_VISIBLE_DEVICES``).
+    """
     folder = job_dir(out, config)
     if lock_holder(folder) is not None:
         return {**vars(config), "job_id": config.job_id, "status": RUNNING_ELSEWHERE}
@@ -174,7 +178,8 @@ def run_one(out: Path, config: JobConfig, on_event: Callable[[dict[str, Any]], N
     started = time.monotonic()
     with open(folder / "stdout.log", "w") as log:
         child = subprocess.Popen([sys.executable, "-m", "lipbench.job", str(folder)], stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={**os.environ, **env} if env else None)
         status = None
         try:
             while child.poll() is None:

@@ -12,6 +12,10 @@ All calibration steps are real training steps and count against the budget.
 With a checkpoint path, the loop saves its whole state (model, optimizer, data order, plan,
 seconds used) every ``checkpoint_every`` seconds, atomically, and a later call with the same
 path resumes from it: a preempted or killed job loses at most that much training.
+
+Given a distributed ``world`` (:mod:`lipbench.distributed`), every rank runs this loop on its slice
+of the same global batches under DDP, the plan and the stop are agreed by all ranks, and rank 0
+alone saves checkpoints.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbench.data import Dataset
+from lipbench.distributed import World
 from lipbench.registry import LayerMethod, OptimizerSettings
 
 EPSILON_36 = 36 / 255
@@ -177,8 +182,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainSettings, device: torch.device,
           seed: int = 0, on_event: Callable[[dict[str, Any]], None] | None = None,
-          checkpoint: Path | None = None, checkpoint_every: float = 600.0) -> TrainReport:
+          checkpoint: Path | None = None, checkpoint_every: float = 600.0,
+          world: World | None = None) -> TrainReport:
     """Train ``model`` in place until its plan is done or the budget is spent; returns what happened."""
+    world = world or World()
     mean = data.x_train.mean(dim=(0, 2, 3), keepdim=True)
     batches = Batches(data.x_train, data.y_train, settings.batch_size, mean, settings.augment, seed)
     report = TrainReport(steps_per_epoch=batches.per_epoch)
@@ -188,6 +195,7 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
     used, step_time = (0.0, float("inf"))
     if checkpoint is not None and checkpoint.is_file():
         used, step_time = load_checkpoint(checkpoint, model, optimizer, batches, report)
+    network = world.wrap(model)
     started = time.perf_counter() - used
     deadline = started + settings.budget_s
     model.train()
@@ -196,31 +204,31 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
     while True:
         now = time.perf_counter()
         if report.steps >= CALIBRATION_STEPS + 1 and report.steps >= next_replan:
-            report.steps_planned = report.steps + max(0, int((deadline - now) / step_time))
+            report.steps_planned = world.least(report.steps + max(0, int((deadline - now) / step_time)))
             next_replan = report.steps + max(1, int(REPLAN_EVERY * report.steps_planned))
         if report.steps_planned and report.steps >= report.steps_planned:
             break
-        if now + (step_time if math.isfinite(step_time) else 0.0) > deadline:
+        if world.any(now + (step_time if math.isfinite(step_time) else 0.0) > deadline):
             report.stopped_by = "deadline"
             break
         data_start = time.perf_counter()
-        x, y = batches.next()
+        x, y = world.shard(*batches.next())
         report.data_seconds += time.perf_counter() - data_start
         progress = report.steps / report.steps_planned if report.steps_planned else 0.0
         for group in optimizer.param_groups:
             group["lr"] = one_cycle_lr(progress, settings.lr)
         with autocast:
-            loss = offset_cross_entropy(model(x).float(), y, settings.offset, settings.temperature)
+            loss = offset_cross_entropy(network(x).float(), y, settings.offset, settings.temperature)
             if method.extra_loss is not None:
                 loss = loss + method.extra_loss(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         report.steps += 1
-        report.images += len(x)
+        report.images += len(x) * world.size
         if report.steps == 1 or report.steps % SYNC_EVERY == 0 or report.steps <= CALIBRATION_STEPS + 1:
             synchronize(device)
-            value = float(loss)
+            value = world.mean(loss)
             if not math.isfinite(value):
                 raise TrainingDiverged(f"loss became {value} at step {report.steps}")
             report.final_loss = value
@@ -231,7 +239,7 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
                 window = (now - last_sync) / (report.steps - last_sync_step)
                 step_time = window if math.isinf(step_time) else 0.7 * step_time + 0.3 * window
             last_sync, last_sync_step = now, report.steps
-            if checkpoint is not None and now - last_checkpoint > checkpoint_every:
+            if checkpoint is not None and world.main and now - last_checkpoint > checkpoint_every:
                 save_checkpoint(checkpoint, model, optimizer, batches, report, now - started, step_time)
                 last_checkpoint = now
             if on_event is not None and (now - last_event > 1.0 or report.steps == 1):

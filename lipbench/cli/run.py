@@ -13,13 +13,14 @@ from lipbench.budget import format_duration, load_budget
 from lipbench.cli import app
 from lipbench.cli.report import print_board, report_into
 from lipbench.data import load_dataset
+from lipbench.distributed import World, check_batch_sizes
 from lipbench.errors import UserError
+from lipbench.executors import create_executor, load_slurm_settings, run_sweep
 from lipbench.job import resolve_device
 from lipbench.plan import JobConfig, expand
 from lipbench.records import environment
 from lipbench.registry import get_method, load_plugin, resolve_layers
-from lipbench.runner import (FINISHED, RetryPolicy, calibration_key, existing_status, read_calibration, run_jobs,
-                             write_sweep)
+from lipbench.runner import FINISHED, RetryPolicy, calibration_key, existing_status, read_calibration, write_sweep
 
 console = Console()
 
@@ -28,12 +29,12 @@ def split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def parse_layer_options(items: list[str]) -> dict[str, Any]:
+def parse_key_values(items: list[str], flag: str = "--layer-option", example: str = "sketch_dim=16") -> dict[str, Any]:
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--layer-option {item!r} must look like key=value, e.g. --layer-option sketch_dim=16")
+            raise UserError(f"{flag} {item!r} must look like key=value, e.g. {flag} {example}")
         options[key.strip()] = yaml.safe_load(value)
     return options
 
@@ -74,6 +75,18 @@ def run_command(
                                 "the batch, up to this many times; 0 disables. Retries are recorded as their own rows."),
     dry_run: bool = typer.Option(False, help="Print the planned jobs and exit."),
     save_model: bool = typer.Option(True, help="Keep each trained model (model.pt) for audits."),
+    executor: str = typer.Option("local", help="local: jobs run here as child processes; slurm: each job is "
+                                 "submitted to SLURM through submitit (pip install 'lipbench[slurm]')."),
+    max_parallel: Optional[int] = typer.Option(None, help="Jobs running at once. local: default one per visible GPU "
+                                               "(group of --nproc GPUs), 1 on CPU; slurm: the job array's limit "
+                                               "(default 256)."),
+    nproc: int = typer.Option(1, help="Processes (GPUs) training each job together with DDP; the batch size is the "
+                              "global batch and must be a multiple of it."),
+    slurm_config: Optional[Path] = typer.Option(None, help="YAML file of SLURM settings: partition, account, qos, "
+                                                "constraint, gpus_per_job, cpus_per_job, mem_gb, time_margin_min, "
+                                                "max_requeues, setup, sbatch."),
+    slurm: Optional[list[str]] = typer.Option(None, help="key=value SLURM setting over --slurm-config, repeatable, "
+                                              "e.g. --slurm partition=gpu."),
 ) -> None:
     """Train every layer x size x dataset x budget x seed under the time budget, certify, record, report.
 
@@ -83,6 +96,9 @@ def run_command(
 
     Example: lipbench run --budget 2m --layers aol,standard --dataset fashion-mnist
     """
+    if World.from_environment().distributed:
+        raise UserError("lipbench run starts its own processes: use --nproc N instead of torchrun "
+                        "(or torchrun ... -m lipbench.job JOB_DIR to train one planned job)")
     for module in plugin or []:
         load_plugin(module)
     if precision not in (None, "fp32", "bf16"):
@@ -97,7 +113,7 @@ def run_command(
     overrides = {k: v for k, v in dict(batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                         augment=augment, precision=precision).items() if v is not None}
     jobs = expand(names, size_list, dataset_list, budgets, seed_list, overrides, device=device,
-                  layer_options=parse_layer_options(layer_option or []), plugins=tuple(plugin or ()), data_dir=data_dir,
+                  layer_options=parse_key_values(layer_option or []), plugins=tuple(plugin or ()), data_dir=data_dir,
                   save_model=save_model)
     report_missing_sizes(names, size_list)
     if not jobs:
@@ -107,14 +123,17 @@ def run_command(
     if dry_run:
         print_plan(jobs, out)
         return
-    resolve_device(device)
+    check_batch_sizes([job.batch_size for job in jobs], nproc)
+    settings = load_slurm_settings(slurm_config, parse_key_values(slurm or [], "--slurm", "partition=gpu"))
+    runner = create_executor(executor, device, nproc, max_parallel, settings, announce=console.print)
+    here = resolve_device(device if executor == "local" else "cpu")  # a cluster's login node may have no GPU
     check_datasets(dataset_list, data_dir)
     sweep = write_sweep(out, jobs, {"layers": names, "sizes": size_list, "datasets": dataset_list,
                                     "budgets": [b.name for b in budgets], "seeds": seed_list, "overrides": overrides},
-                        environment(resolve_device(device)))
+                        environment(here))
     console.print(f"{len(jobs)} jobs, {len(jobs) - len(pending)} already done; sweep {sweep.name}; results in {out}/")
     try:
-        run_jobs(out, pending, ProgressObserver(), RetryPolicy(nan_retries=retries, oom_retries=retries))
+        run_sweep(out, pending, runner, ProgressObserver(), RetryPolicy(nan_retries=retries, oom_retries=retries))
     finally:
         board = report_into(out, [job.job_id for job in jobs])
         if board is not None:
@@ -157,29 +176,31 @@ class ProgressObserver:
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                    TimeElapsedColumn()]
         self.progress = Progress(*columns, console=console, transient=False)
-        self.task: TaskID | None = None
+        self.tasks: dict[str, TaskID] = {}  # of the jobs running now (several with --max-parallel)
 
     def started(self, job: JobConfig, number: int, total: int) -> None:
-        self.progress.start()
+        if not self.tasks:
+            self.progress.start()
         retry = " (retry)" if job.retry_of else ""
-        self.task = self.progress.add_task(f"[{number}/{total}] {job.layer} {job.size} {job.dataset}{retry}",
-                                           total=job.budget_s, info="starting")
+        self.tasks[job.job_id] = self.progress.add_task(
+            f"[{number}/{total}] {job.layer} {job.size} {job.dataset}{retry}", total=job.budget_s, info="starting")
 
     def event(self, job: JobConfig, event: dict[str, Any]) -> None:
-        phase = event.get("phase")
+        phase, task = event.get("phase"), self.tasks[job.job_id]
         if phase == "train":
             remaining = max(0.0, event["budget"] - event["elapsed"])
-            self.progress.update(self.task, completed=min(event["elapsed"], event["budget"]),
+            self.progress.update(task, completed=min(event["elapsed"], event["budget"]),
                                  info=f"{format_duration(remaining)} left · epoch {event['epoch']:.2f} · "
                                       f"loss {event['loss']:.3f}")
         elif phase == "trained":
-            self.progress.update(self.task, completed=event["budget"], info=f"trained {event['epoch']:.2f} epochs")
+            self.progress.update(task, completed=event["budget"], info=f"trained {event['epoch']:.2f} epochs")
         elif phase == "certify":
-            self.progress.update(self.task, info="certifying and measuring")
+            self.progress.update(task, info="certifying and measuring")
 
     def finished(self, job: JobConfig, record: dict[str, Any]) -> None:
         status = record["status"]
         shown = (f"clean {100 * record['clean_acc']:.1f}%  CRA36 {100 * record['cra_36']:.1f}%" if status == "ok"
                  else f"[red]{status}[/] {record.get('error', '')}"[:110])
-        self.progress.update(self.task, completed=job.budget_s, info=shown)
-        self.progress.stop()
+        self.progress.update(self.tasks.pop(job.job_id), completed=job.budget_s, info=shown)
+        if not self.tasks:
+            self.progress.stop()
