@@ -1,0 +1,245 @@
+"""Riemannian optimization on the orthogonal group, as LipNeXt trains its weights.
+
+LipNeXt (Hu, Hu & Fredrikson, ICLR 2026, arXiv:2601.18513) keeps each orthogonal matrix X
+(d x d, XᵀX = I) as the parameter itself, with no re-parameterization, and moves it along the
+manifold. One step, with G the Euclidean gradient:
+
+    A = skew(XᵀG),  skew(B) = (B - Bᵀ) / 2     (X·A is G projected onto the tangent space at X)
+    U = A, or its momentum / Adam moments       (all in the Lie algebra so(d), the same space at every X)
+    X <- X · FastExp(-η U)
+
+FastExp truncates the exponential's Taylor series by s = ‖S‖_F: order 2 below 0.05, order 3
+below 0.25, order 4 below 1, ``torch.linalg.matrix_exp`` above. Its error is the series' tail,
+‖FastExp(S) - exp(S)‖_F <= e^s - Σ_{n<=k} s^n / n!  (≈ 2e-5, 2e-4, 1e-2 at the three thresholds).
+A truncated series of a skew S is not exactly orthogonal: T_k(S)ᵀT_k(S) - I is S^4/4 for k = 2,
+-S^4/12 + O(S^6) for k = 3 and S^6/72 + O(S^8) for k = 4. Those errors and float round-off
+accumulate as drift, which two things remove:
+
+* polar retraction ``X <- U Vᵀ`` (from the SVD X = U Σ Vᵀ, the nearest orthogonal matrix) every
+  ``retraction_interval`` steps (the lipnext hook sets one epoch);
+* nothing else needs to: a certificate must use the exact norms of the actual weights (the drift
+  costs tightness, never soundness), see :func:`orthogonality_error`.
+
+Lookahead in the tangent space (``lookahead_steps`` = K > 0): slow weights start at X; after
+every K fast steps they move by ``X_slow <- X_slow · FastExp(α Σ_{last K} (-η U))`` (α = 1/2 by
+default) and the fast weights restart from them. Summing the K skew steps is the first-order
+(Baker-Campbell-Hausdorff) approximation of composing them.
+
+Other parameters get SGD (momentum, optional Nesterov, coupled weight decay: as
+``torch.optim.SGD``) or AdamW (as ``torch.optim.AdamW``) in the same optimizer; each param group
+says which, and whether it is ``orthogonal``. Weight decay makes no sense on the manifold, so an
+orthogonal group must have none. The manifold step runs in the parameter's dtype, which must be
+float32 or float64 (bfloat16 cannot hold an orthogonal matrix to better than ~4e-3), and outside
+autocast, so bf16 training keeps its weights on the manifold.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+TAYLOR_ORDERS = ((0.05, 2), (0.25, 3), (1.0, 4))  # (‖S‖_F below, Taylor order)
+METHODS = ("sgd", "adam")
+MANIFOLD_DTYPES = (torch.float32, torch.float64)
+
+
+def skew(matrix: Tensor) -> Tensor:
+    return (matrix - matrix.mT) / 2
+
+
+def taylor_exp(matrix: Tensor, order: int) -> Tensor:
+    """Σ_{n<=order} S^n / n!, in Horner form (order - 1 matrix products)."""
+    identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    result = identity + matrix / order
+    for n in range(order - 1, 0, -1):
+        result = identity + matrix @ result / n
+    return result
+
+
+def taylor_order(norm: float) -> int | None:
+    """The Taylor order FastExp uses at Frobenius norm ``norm``; None means the exact exponential."""
+    return next((order for below, order in TAYLOR_ORDERS if norm < below), None)
+
+
+def fast_exp(matrix: Tensor) -> Tensor:
+    """exp(S) by a Taylor series truncated by ‖S‖_F (the largest over a batch), exact above 1."""
+    order = taylor_order(float(torch.linalg.matrix_norm(matrix).max()))
+    return torch.linalg.matrix_exp(matrix) if order is None else taylor_exp(matrix, order)
+
+
+def taylor_tail(norm: float, order: int) -> float:
+    """Bound of ‖exp(S) - T_order(S)‖ for ‖S‖ = ``norm`` in any submultiplicative norm."""
+    return math.exp(norm) - sum(norm ** n / math.factorial(n) for n in range(order + 1))
+
+
+def tangent_projection(point: Tensor, grad: Tensor) -> Tensor:
+    """X skew(XᵀG): the Euclidean gradient G projected onto the tangent space at an orthogonal X."""
+    return point @ skew(point.mT @ grad)
+
+
+class TangentGradient(torch.autograd.Function):
+    """The identity, whose backward passes on the tangent projection of the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, point: Tensor) -> Tensor:
+        ctx.save_for_backward(point)
+        return point.view_as(point)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (point,) = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):
+            return tangent_projection(point, grad.to(point.dtype))
+
+
+def with_tangent_gradient(point: Tensor) -> Tensor:
+    """``point`` itself, but gradients reaching it arrive projected onto the tangent space.
+
+    A first-order optimizer that is not manifold-aware (plain SGD) then moves along the manifold
+    to first order: X(I - ηA) with A skew has all singular values sqrt(1 + η²λ²) >= 1, so a step
+    drifts by O(η²) and never shrinks a singular value, instead of following the radial part of G.
+    """
+    return TangentGradient.apply(point)
+
+
+def polar(matrix: Tensor) -> Tensor:
+    """The orthogonal factor U Vᵀ of the SVD (the nearest orthogonal matrix in Frobenius norm).
+
+    Computed in float64: a float32 SVD leaves its factors only ~d·2^-24 from orthogonal.
+    """
+    left, _, right = torch.linalg.svd(matrix.to(torch.float64))
+    return (left @ right).to(matrix.dtype)
+
+
+def orthogonality_error(matrix: Tensor) -> float:
+    """‖XᵀX - I‖_2 in float64. A matrix with error e has ‖X‖_2 = sqrt(1 + e) at most."""
+    x = matrix.detach().to(torch.float64)
+    gram = x.mT @ x
+    return float(torch.linalg.matrix_norm(gram - torch.eye(x.shape[-1], dtype=x.dtype, device=x.device), ord=2))
+
+
+def momentum_direction(state: dict[str, Any], grad: Tensor, momentum: float, nesterov: bool) -> Tensor:
+    """The heavy-ball (or Nesterov) direction of ``torch.optim.SGD`` with dampening 0."""
+    if momentum == 0:
+        return grad
+    buffer = state.get("momentum_buffer")
+    if buffer is None:
+        buffer = state["momentum_buffer"] = grad.clone()
+    else:
+        buffer.mul_(momentum).add_(grad)
+    return grad.add(buffer, alpha=momentum) if nesterov else buffer
+
+
+def adam_direction(state: dict[str, Any], grad: Tensor, betas: tuple[float, float], eps: float) -> Tensor:
+    """Adam's bias-corrected m / (sqrt(v) + eps). On a skew A it is skew again (v is symmetric)."""
+    if "exp_avg" not in state:
+        state["adam_step"] = 0
+        state["exp_avg"] = torch.zeros_like(grad)
+        state["exp_avg_sq"] = torch.zeros_like(grad)
+    beta1, beta2 = betas
+    state["adam_step"] += 1
+    step = state["adam_step"]
+    state["exp_avg"].lerp_(grad, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denominator = (state["exp_avg_sq"] / (1 - beta2 ** step)).sqrt_().add_(eps)
+    return state["exp_avg"] / (1 - beta1 ** step) / denominator
+
+
+class RiemannianOptimizer(torch.optim.Optimizer):
+    """Manifold steps for param groups with ``orthogonal=True``, SGD or AdamW for the others.
+
+    Every group reads its learning rate from ``group["lr"]`` at each step (a scheduler may write it).
+    Group settings: ``method`` ("sgd" or "adam": the Euclidean optimizer, and the moments kept on
+    the skew updates), ``momentum``, ``nesterov``, ``betas``, ``eps``, ``weight_decay``; for
+    orthogonal groups also ``retraction_interval`` (polar retraction every that many steps; 0: never),
+    ``lookahead_steps`` (K; 0: no lookahead) and ``lookahead_alpha``.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, method: str = "sgd", momentum: float = 0.9,
+                 nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, orthogonal: bool = False, retraction_interval: int = 0,
+                 lookahead_steps: int = 0, lookahead_alpha: float = 0.5):
+        defaults = dict(lr=lr, method=method, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
+                        weight_decay=weight_decay, orthogonal=orthogonal, retraction_interval=retraction_interval,
+                        lookahead_steps=lookahead_steps, lookahead_alpha=lookahead_alpha)
+        super().__init__(params, defaults)  # validates each group through add_param_group
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                if group["orthogonal"]:
+                    self.orthogonal_step(parameter, group)
+                else:
+                    self.euclidean_step(parameter, group)
+        return loss
+
+    def euclidean_step(self, parameter: Tensor, group: dict[str, Any]) -> None:
+        state, grad, lr, decay = self.state[parameter], parameter.grad, group["lr"], group["weight_decay"]
+        if group["method"] == "adam":
+            parameter.mul_(1 - lr * decay)
+            direction = adam_direction(state, grad, group["betas"], group["eps"])
+        else:
+            direction = momentum_direction(state, grad.add(parameter, alpha=decay) if decay else grad,
+                                           group["momentum"], group["nesterov"])
+        parameter.add_(direction, alpha=-lr)
+
+    def orthogonal_step(self, parameter: Tensor, group: dict[str, Any]) -> None:
+        if parameter.dtype not in MANIFOLD_DTYPES:
+            raise ValueError(f"orthogonal parameters must be float32 or float64 to stay on the manifold, "
+                             f"not {parameter.dtype}; train in bf16 with torch.autocast instead")
+        state = self.state[parameter]
+        with torch.autocast(parameter.device.type, enabled=False):
+            riemannian = skew(parameter.mT @ parameter.grad.to(parameter.dtype))
+            if group["method"] == "adam":
+                direction = adam_direction(state, riemannian, group["betas"], group["eps"])
+            else:
+                direction = momentum_direction(state, riemannian, group["momentum"], group["nesterov"])
+            tangent = direction * -group["lr"]
+            state["step"] = state.get("step", 0) + 1
+            if group["lookahead_steps"]:
+                self.lookahead(parameter, tangent, group)
+            else:
+                parameter.copy_(parameter @ fast_exp(tangent))
+            interval = group["retraction_interval"]
+            if interval and state["step"] % interval == 0:
+                parameter.copy_(polar(parameter))
+                if "slow" in state:
+                    state["slow"].copy_(polar(state["slow"]))
+
+    def lookahead(self, parameter: Tensor, tangent: Tensor, group: dict[str, Any]) -> None:
+        """Fast step; every K steps the slow weights move by α Σ tangents and the fast ones restart there."""
+        state = self.state[parameter]
+        if "slow" not in state:
+            state["slow"] = parameter.detach().clone()
+            state["tangent_sum"] = torch.zeros_like(tangent)
+        state["tangent_sum"].add_(tangent)
+        if state["step"] % group["lookahead_steps"]:
+            parameter.copy_(parameter @ fast_exp(tangent))
+            return
+        state["slow"].copy_(state["slow"] @ fast_exp(group["lookahead_alpha"] * state["tangent_sum"]))
+        state["tangent_sum"].zero_()
+        parameter.copy_(state["slow"])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        check_group(self.param_groups[-1])
+
+
+def check_group(group: dict[str, Any]) -> None:
+    if group["method"] not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {group['method']!r}")
+    if group["orthogonal"]:
+        if group["weight_decay"]:
+            raise ValueError("weight decay does not apply to orthogonal parameters; give their group weight_decay=0")
+        for parameter in group["params"]:
+            if parameter.dim() != 2 or parameter.shape[0] != parameter.shape[1]:
+                raise ValueError(f"orthogonal parameters must be square matrices, not {tuple(parameter.shape)}")
