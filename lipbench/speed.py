@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 import lipbench
 from lipbench.errors import UserError
+from lipbench.records import device_name
 
 STEPS = ("train", "eval")
 DEVICE_CLASSES = ("cpu", "cuda")
@@ -279,20 +280,10 @@ def time_layer(layer: nn.Module, config: Config) -> dict[str, dict[str, float]]:
             for step in STEPS}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: str) -> dict:
     """The fingerprint stored with a baseline: what the ratios were measured with."""
     return {"lipbench": lipbench.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
-            "device": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
+            "device": device_name(torch.device(device)),
             "cpu_count": os.cpu_count()}
 
 
