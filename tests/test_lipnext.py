@@ -164,8 +164,10 @@ def test_optimizer_hook_groups_orthogonal_and_other_parameters():
     assert {id(p) for p in orthogonal["params"]} == {id(p) for p in orthogonal_parameters(network)}
     assert len(orthogonal["params"]) == 1 + 2 * 2 + 1  # stem, R and M per block, head
     assert orthogonal["weight_decay"] == 0 and others["weight_decay"] == 5e-4
-    assert orthogonal["retraction_interval"] == 50 and orthogonal["lookahead_steps"] == 3
+    assert orthogonal["retraction_interval"] == 50 and orthogonal["lookahead_steps"] == 3  # one epoch < 100 steps
     assert orthogonal["method"] == others["method"] == "adam"
+    long_epochs = lipbench.get_method("lipnext").optimizer(network, OptimizerSettings(0.1, 0.9, 0.0, 5000, 50000))
+    assert long_epochs.param_groups[0]["retraction_interval"] == 100
 
 
 @pytest.mark.parametrize("in_shape", [(1, 28, 28), (3, 32, 32)])
