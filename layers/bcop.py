@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from lipbench.caching import eval_cached
 from lipbench.orthogonalize import (OrthonormalizedLinear, Shape, SingularValuesMixin, check_conv_options,
-                                    circular_pad, orthogonality_certificate, orthonormalize, transfer_matrices)
+                                    circular_pad, full_precision, orthogonality_certificate, orthonormalize,
+                                    transfer_matrices)
 from lipbench.registry import register_layer
 
 BJORCK_ITERATIONS = 20
@@ -85,6 +86,7 @@ class BCOPConv2d(SingularValuesMixin, nn.Module):
         self.bias = nn.Parameter(nn.init.uniform_(torch.empty(out_channels), -bound, bound))
 
     @eval_cached
+    @full_precision
     def kernel(self) -> Tensor:
         orthogonal = orthonormalize(self.orthogonal, self.iterations)
         rows, columns = rank_half_projectors(self.projector_factors, self.iterations).chunk(2)

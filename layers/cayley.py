@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lipbench.caching import eval_cached
 from lipbench.orthogonalize import (Shape, SingularValuesMixin, adjoint_kernel, apply_dense, cayley_transform,
-                                    check_conv_options, eval_cached_per_shape, fourier_conv,
+                                    check_conv_options, eval_cached_per_shape, fourier_conv, full_precision,
                                     orthogonality_certificate, skew_cayley, transfer_matrices)
 from lipbench.registry import register_layer
 
@@ -48,6 +48,7 @@ class CayleyConv2d(SingularValuesMixin, nn.Conv2d):
         self.alpha = nn.Parameter(self.weight.detach().norm())
 
     @eval_cached_per_shape
+    @full_precision
     def frequency_matrices(self, size: Shape) -> Tensor:
         kernel = normalized(self.weight, self.alpha)
         if self.in_channels == self.out_channels:  # A - A^H, formed on the small spatial kernel
@@ -69,6 +70,7 @@ class CayleyLinear(SingularValuesMixin, nn.Linear):
         self.alpha = nn.Parameter(self.weight.detach().norm())
 
     @eval_cached
+    @full_precision
     def orthogonal_weight(self) -> Tensor:
         return cayley_transform(normalized(self.weight, self.alpha))
 

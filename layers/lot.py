@@ -35,8 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from lipbench.orthogonalize import (OrthonormalizedLinear, Shape, SingularValuesMixin, check_conv_options,
-                                    eval_cached_per_shape, fourier_conv, orthogonality_certificate,
-                                    orthonormalize, transfer_matrices)
+                                    eval_cached_per_shape, fourier_conv, full_precision,
+                                    orthogonality_certificate, orthonormalize, transfer_matrices)
 from lipbench.registry import register_layer
 
 NEWTON_ITERATIONS = 10
@@ -56,6 +56,7 @@ class LOTConv2d(SingularValuesMixin, nn.Conv2d):
             self.bias.zero_()
 
     @eval_cached_per_shape
+    @full_precision
     def frequency_matrices(self, size: Shape) -> Tensor:
         return orthonormalize(transfer_matrices(self.weight, size), self.iterations)
 

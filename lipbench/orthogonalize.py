@@ -17,7 +17,8 @@
 * :func:`apply_dense` applies a dense weight to features or, as a 1x1 convolution, per pixel;
   :class:`OrthonormalizedLinear` is BCOP's and LOT's dense layer (and 1x1 convolution);
   :func:`orthogonality_certificate` is the methods' certificate hook.
-* :func:`eval_cached_per_shape` extends :func:`lipbench.caching.eval_cached` to values that
+* :func:`full_precision` keeps the weight computations out of autocast;
+  :func:`eval_cached_per_shape` extends :func:`lipbench.caching.eval_cached` to values that
   depend on the input shape as well (per-frequency matrices, bounds).
 """
 from __future__ import annotations
@@ -179,6 +180,18 @@ def apply_dense(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+def full_precision(compute: Callable[..., T]) -> Callable[..., T]:
+    """Decorate ``compute(module, ...)`` to run with autocast off: orthogonalizing in bfloat16
+    leaves errors of ~1e-2. The layer's own conv or matmul may still autocast its input."""
+
+    @functools.wraps(compute)
+    def exact(module: nn.Module, *args):
+        with torch.autocast(next(module.parameters()).device.type, enabled=False):
+            return compute(module, *args)
+
+    return exact
+
+
 def eval_cached_per_shape(compute: Callable[[nn.Module, Shape], T]) -> Callable[[nn.Module, Shape], T]:
     """Decorate ``compute(module, shape)``: recomputed in training mode; in eval mode memoized
     per shape (without grad) until a parameter or buffer changes, as ``eval_cached`` does."""
@@ -243,6 +256,7 @@ class OrthonormalizedLinear(SingularValuesMixin, nn.Linear):
                 nn.init.orthogonal_(self.weight)
 
     @eval_cached
+    @full_precision
     def orthogonal_weight(self) -> Tensor:
         return orthonormalize(self.weight, self.iterations)
 
