@@ -11,13 +11,16 @@ from below, so a layer in training mode may be slightly expansive; ``lipschitz_b
 exactly how much, with ||W|| from :mod:`lipbench.bounds` (the exact SVD norm for dense and 1x1
 layers, the sound FFT bound of the zero-padded convolution otherwise). Power iteration's
 Rayleigh quotient never decreases, so a bound computed before a training forward stays valid
-for it. In eval mode sigma = max(||W u||, that sound bound): the evaluated layer is
-1-Lipschitz by proof (its bound is 1) and differs from the training one only where the
-estimate fell short. (The reference ran 100 iterations at eval, still an under-estimate.)
-The vector u of a k x k convolution cannot have the input's size, unknown at construction:
-it lives on a fixed 16 x 16 torus (circular convolution), whose norm approaches the supremum
-over frequencies of the kernel's transfer matrix, itself an upper bound of the zero-padded
-convolution on every input size (measured on random kernels: within 0.6% of it).
+for it. In eval mode sigma = max(||W u||, that sound bound), raised by 4 ulps so that the
+rounded step stays <= 2 / bound^2: the evaluated layer is 1-Lipschitz by proof (its bound is
+exactly 1) and differs from the training one only where the estimate fell short. (The
+reference ran 100 iterations at eval, still an under-estimate, so its bound exceeded 1.)
+The vector u of a k x k convolution cannot have the input's size, unknown at construction
+(the reference created it lazily at the first forward): it lives on a fixed 16 x 16 torus
+(circular convolution), whose norm approaches the supremum over frequencies of the kernel's
+transfer matrix, itself an upper bound of the zero-padded convolution on every input size
+(measured on random kernels: within 0.6% of it; the sound bound on a 4 x 4 input can be 5%
+below it, and eval then keeps the estimate).
 Init: Xavier-normal W (as in the comparison paper), u refined by 10 power iterations.
 Padding: zero 'same' padding, as in the paper; stride 1. Eval mode caches W * 2 / sigma^2
 per input size.
