@@ -34,7 +34,7 @@ from lipbench.distributed import World, launch, requested_processes
 from lipbench.model import count_parameters, create_model
 from lipbench.plan import JobConfig
 from lipbench.records import RECORD_NAME, clean_numbers, environment, write_json_atomic
-from lipbench.registry import get_method, load_plugin
+from lipbench.registry import LayerMethod, get_method, load_plugin
 from lipbench.train import TrainingDiverged, train
 
 CONFIG_NAME, EVENTS_NAME, MODEL_NAME = "config.json", "events.jsonl", "model.pt"
@@ -118,6 +118,9 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
         record.update(certified_accuracy(margin.cpu(), record["lipschitz_bound"]))
         record["infer_peak_memory_mb"] = peak_memory_mb(device)[0]
         record["status"] = "ok"
+        if config.with_audit:
+            log({"phase": "audit"})
+            record["audit"] = audit_or_error(model, method, data, mean, record, device, margin)
         log({"phase": "done", **{k: record[k] for k in ("clean_acc", "cra_36")}})
     except TrainingDiverged as error:
         record.update(status="nan", error=str(error))
@@ -132,6 +135,18 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
     write_json_atomic(job_dir / RECORD_NAME, clean_numbers(record))
     (job_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return record
+
+
+def audit_or_error(model: torch.nn.Module, method: LayerMethod, data: Dataset, mean: torch.Tensor,
+                   record: dict[str, Any], device: torch.device, margin: torch.Tensor) -> dict[str, Any]:
+    """The audit of the finished model (lipbench.audit); a failing audit is recorded, the run stays ok."""
+    from lipbench.audit import audit_model  # lipbench.audit reads jobs from disk through this module
+
+    try:
+        return audit_model(model, method, data, mean, record, device, margins_all=margin)
+    except Exception as error:
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}", "verdict": "audit failed"}
 
 
 def train_replica(config: JobConfig, job_dir: Path, world: World) -> None:

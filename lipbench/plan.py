@@ -15,7 +15,7 @@ from lipbench.budget import Budget
 from lipbench.registry import get_method
 from lipbench.train import TrainSettings
 
-NOT_HASHED = ("data_dir", "save_model")
+NOT_HASHED = ("data_dir", "save_model", "plugins", "with_audit")  # none of these changes what is trained
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class JobConfig:
     retry_of: str | None = None  # the id of the failed job this one retries
     data_dir: str | None = None
     save_model: bool = True
+    with_audit: bool = False  # audit the trained model's certificate (lipbench.audit) and record it
 
     @property
     def job_id(self) -> str:

@@ -91,8 +91,8 @@ METRICS = [
            optional=True),
     Metric("audit_lower_bound", "audit L lower", "Audit $L$ lower", "audit_lower_bound", "bound", optional=True),
 ]
-NUMERIC = [metric.key for metric in METRICS] + ["budget_s", "seed", "audit_violations", "steps", "batch_size",
-                                                "train_seconds"]
+NUMERIC = [metric.key for metric in METRICS] + ["budget_s", "seed", "audit_violations", "audit_failed", "steps",
+                                                "batch_size", "train_seconds"]
 
 HOW_TO_READ = [
     ("Rows", "one per dataset, budget, layer and size; seeds are averaged over the runs that finished ok and shown "
@@ -123,7 +123,8 @@ def load_results(folders: Iterable[Path]) -> tuple[pd.DataFrame, list[str]]:
     records, problems = read_records(folders)
     records, duplicates = drop_duplicates(records)
     frame = pd.DataFrame([run_row(record) for record in records])
-    for column in ["job_id", "status", "memory_counter", "device_name", "settings", "record_path", *GROUP]:
+    for column in ["job_id", "status", "memory_counter", "device_name", "settings", "record_path", "audit_problems",
+                   *GROUP]:
         if column not in frame:
             frame[column] = None
     for column in NUMERIC:
@@ -172,6 +173,8 @@ def run_row(record: dict[str, Any]) -> dict[str, Any]:
         row["audit_sound_bound"] = audit.get("sound_bound")
         row["audit_lower_bound"] = audit.get("lower_bound")
         row["audit_violations"] = audit.get("violations", 0)
+        row["audit_failed"] = float(audit.get("passed") is False or "error" in audit)
+        row["audit_problems"] = "; ".join(audit.get("problems", [])) or audit.get("error")
         for key, value in audit_cra(audit.get("cra_sound")).items():
             row[f"{key}_job"], row[key] = row.get(key), value
     for key in ("train_throughput", "infer_throughput"):
@@ -251,6 +254,8 @@ def summarize(group: pd.DataFrame) -> dict[str, Any]:
                audited=int(group["audit_violations"].notna().sum()),
                violations=int(group["audit_violations"].fillna(0).sum()),
                violating_runs=int((group["audit_violations"].fillna(0) > 0).sum()),
+               failed_audits=int(group["audit_failed"].fillna(0).sum()),
+               audit_problems="; ".join(sorted({str(p) for p in group["audit_problems"].dropna() if p})),
                memory_counter=", ".join(sorted({str(c) for c in group["memory_counter"].dropna()})),
                device=", ".join(sorted({str(d) for d in group["device_name"].dropna()})))
     for metric in METRICS:
@@ -393,6 +398,8 @@ def audit_cell(row: pd.Series) -> Cell:
         return Cell("-")
     if row["violations"]:
         return Cell(f"VIOLATED ({row['violations']})", alert=True, bold=True)
+    if row["failed_audits"]:
+        return Cell(f"FAILED ({row['failed_audits']})", alert=True, bold=True)
     return Cell("ok" if row["audited"] == row["seeds"] else f"ok ({row['audited']}/{row['seeds']})")
 
 
@@ -797,7 +804,9 @@ def violations(board: pd.DataFrame) -> list[str]:
     flagged = board[board["violations"] > 0]
     return [f"{r['layer']} {r['size']} on {r['dataset']}, budget {r['budget']}: the audit found {r['violations']} "
             f"violation(s) in {r['violating_runs']} of {r['audited']} audited runs: their certificate did not hold "
-            f"(CRA shown is the audit's sound CRA where it gave one)" for _, r in flagged.iterrows()]
+            f"(CRA shown is the audit's sound CRA where it gave one)" for _, r in flagged.iterrows()] + [
+        f"{r['layer']} {r['size']} on {r['dataset']}, budget {r['budget']}: {r['failed_audits']} audit(s) failed: "
+        f"{r['audit_problems']}" for _, r in board[(board["failed_audits"] > 0) & (board["violations"] == 0)].iterrows()]
 
 
 def claimed_bounds(board: pd.DataFrame) -> list[str]:

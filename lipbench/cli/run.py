@@ -16,11 +16,13 @@ from lipbench.data import load_dataset
 from lipbench.distributed import World, check_batch_sizes
 from lipbench.errors import UserError
 from lipbench.executors import create_executor, load_slurm_settings, run_sweep
-from lipbench.job import resolve_device
+from lipbench.audit import audit_job
+from lipbench.job import MODEL_NAME, resolve_device
 from lipbench.plan import JobConfig, expand
 from lipbench.records import environment
 from lipbench.registry import get_method, load_plugin, resolve_layers
-from lipbench.runner import FINISHED, RetryPolicy, calibration_key, existing_status, read_calibration, write_sweep
+from lipbench.runner import (FINISHED, RetryPolicy, calibration_key, existing_record, existing_status, job_dir,
+                             read_calibration, write_sweep)
 
 console = Console()
 
@@ -75,6 +77,9 @@ def run_command(
                                 "the batch, up to this many times; 0 disables. Retries are recorded as their own rows."),
     dry_run: bool = typer.Option(False, help="Print the planned jobs and exit."),
     save_model: bool = typer.Option(True, help="Keep each trained model (model.pt) for audits."),
+    audit: bool = typer.Option(False, help="Audit each finished job's certificate (sound bound, lower bound, attacks "
+                               "on certified points; see lipbench audit) into its record. Finished jobs without an "
+                               "audit are audited here without retraining."),
     executor: str = typer.Option("local", help="local: jobs run here as child processes; slurm: each job is "
                                  "submitted to SLURM through submitit (pip install 'lipbench[slurm]')."),
     max_parallel: Optional[int] = typer.Option(None, help="Jobs running at once. local: default one per visible GPU "
@@ -114,7 +119,7 @@ def run_command(
                                         augment=augment, precision=precision).items() if v is not None}
     jobs = expand(names, size_list, dataset_list, budgets, seed_list, overrides, device=device,
                   layer_options=parse_key_values(layer_option or []), plugins=tuple(plugin or ()), data_dir=data_dir,
-                  save_model=save_model)
+                  save_model=save_model, with_audit=audit)
     report_missing_sizes(names, size_list)
     if not jobs:
         raise UserError("nothing to run: no layer offers the requested sizes")
@@ -134,6 +139,8 @@ def run_command(
     console.print(f"{len(jobs)} jobs, {len(jobs) - len(pending)} already done; sweep {sweep.name}; results in {out}/")
     try:
         run_sweep(out, pending, runner, ProgressObserver(), RetryPolicy(nan_retries=retries, oom_retries=retries))
+        if audit:
+            audit_unaudited(out, jobs, device)
     finally:
         board = report_into(out, [job.job_id for job in jobs])
         if board is not None:
@@ -196,11 +203,27 @@ class ProgressObserver:
             self.progress.update(task, completed=event["budget"], info=f"trained {event['epoch']:.2f} epochs")
         elif phase == "certify":
             self.progress.update(task, info="certifying and measuring")
+        elif phase == "audit":
+            self.progress.update(task, info="auditing the certificate")
 
     def finished(self, job: JobConfig, record: dict[str, Any]) -> None:
         status = record["status"]
         shown = (f"clean {100 * record['clean_acc']:.1f}%  CRA36 {100 * record['cra_36']:.1f}%" if status == "ok"
                  else f"[red]{status}[/] {record.get('error', '')}"[:110])
+        if isinstance(record.get("audit"), dict):
+            shown += f"  audit {record['audit'].get('verdict')}"
         self.progress.update(self.tasks.pop(job.job_id), completed=job.budget_s, info=shown)
         if not self.tasks:
             self.progress.stop()
+
+
+def audit_unaudited(out: Path, jobs: list[JobConfig], device: str) -> None:
+    """Audit, in this process, the finished jobs whose record has no audit yet (run before without --audit)."""
+    for job in jobs:
+        record = existing_record(out, job) or {}
+        folder = job_dir(out, job)
+        if record.get("status") == "ok" and "audit" not in record and (folder / MODEL_NAME).is_file():
+            console.print(f"auditing {job.label} (finished earlier without an audit)")
+            audit = audit_job(folder, device=device)
+            console.print(f"  audit: {audit['verdict']}, sound bound {audit['sound_bound']}, "
+                          f"{audit['violations']} violation(s)")
