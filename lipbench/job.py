@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -40,6 +41,7 @@ from lipbench.train import TrainingDiverged, train
 CONFIG_NAME, EVENTS_NAME, MODEL_NAME = "config.json", "events.jsonl", "model.pt"
 LOCK_NAME, CHECKPOINT_NAME, RENDEZVOUS_NAME = "running.lock", "checkpoint.pt", "rendezvous"
 LOCKED_EXIT = 75
+FOREIGN_LOCK_STALE_S = 1800  # a lock from another host whose job logged nothing for this long is stale
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,28 +186,47 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_holder(job_dir: Path) -> int | None:
-    """The pid running this job right now, if any (a lock left by a dead process does not count)."""
+def read_lock(job_dir: Path) -> tuple[str, int] | None:
+    """(host, pid) written in the job's lock, or None; a bare pid (older locks) means this host."""
     try:
-        pid = int((job_dir / LOCK_NAME).read_text().strip() or 0)
-    except (OSError, ValueError):
+        text = (job_dir / LOCK_NAME).read_text().strip()
+    except OSError:
         return None
-    return pid if pid and pid_alive(pid) else None
+    host, _, pid = text.rpartition(" ")
+    return (host or socket.gethostname(), int(pid)) if pid.isdigit() and int(pid) > 0 else None
+
+
+def lock_holder(job_dir: Path) -> int | None:
+    """The pid of a live process on this host holding the job's lock, if any."""
+    lock = read_lock(job_dir)
+    return lock[1] if lock and lock[0] == socket.gethostname() and pid_alive(lock[1]) else None
+
+
+def lock_is_live(job_dir: Path) -> bool:
+    """Someone runs this job now: a live local holder, or (on a shared filesystem) a holder on another host
+    whose job wrote its event log or lock within ``FOREIGN_LOCK_STALE_S`` (its pid cannot be checked from here)."""
+    lock = read_lock(job_dir)
+    if lock is None:
+        return False
+    if lock[0] == socket.gethostname():
+        return pid_alive(lock[1])
+    touched = [path.stat().st_mtime for path in (job_dir / LOCK_NAME, job_dir / EVENTS_NAME) if path.exists()]
+    return bool(touched) and time.time() - max(touched) < FOREIGN_LOCK_STALE_S
 
 
 def acquire_lock(job_dir: Path) -> bool:
-    """Take the job's lock, replacing a stale one; False if a live process holds it."""
+    """Take the job's lock ("host pid"), replacing a stale one; False if a live process holds it."""
     path = job_dir / LOCK_NAME
     for _ in range(2):
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            if lock_holder(job_dir) is not None:
+            if lock_is_live(job_dir):
                 return False
             path.unlink(missing_ok=True)  # stale: its process is gone (crash, kill -9)
             continue
         with os.fdopen(descriptor, "w") as stream:
-            stream.write(str(os.getpid()))
+            stream.write(f"{socket.gethostname()} {os.getpid()}")
         return True
     return False
 

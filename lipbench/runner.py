@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from lipbench.job import CONFIG_NAME, EVENTS_NAME, LOCKED_EXIT, lock_holder, now_iso
+from lipbench.job import CONFIG_NAME, EVENTS_NAME, LOCKED_EXIT, lock_is_live, now_iso
 from lipbench.plan import JobConfig
 from lipbench.records import RECORD_NAME, write_json_atomic
 
@@ -168,7 +168,7 @@ def run_one(out: Path, config: JobConfig, on_event: Callable[[dict[str, Any]], N
     ``env``: variables set for the child on top of this process's environment (e.g. ``CUDA_VISIBLE_DEVICES``).
     """
     folder = job_dir(out, config)
-    if lock_holder(folder) is not None:
+    if lock_is_live(folder):
         return {**vars(config), "job_id": config.job_id, "status": RUNNING_ELSEWHERE}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RECORD_NAME).unlink(missing_ok=True)

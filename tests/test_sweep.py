@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lipbench.budget import load_budget
-from lipbench.job import LOCK_NAME, acquire_lock, lock_holder
+from lipbench.job import FOREIGN_LOCK_STALE_S, LOCK_NAME, acquire_lock, lock_holder, lock_is_live
 from lipbench.plan import JobConfig
 from lipbench.runner import RetryPolicy, retry_for
 
@@ -79,3 +80,12 @@ def test_tune_writes_a_usable_preset(tmp_path):
     trials = list(records(tmp_path).values())
     assert len(trials) == 2 and all(r["holdout"] == pytest.approx(0.1) for r in trials)
     assert preset.per_method["aol@XS"]["lr"] in [r["lr"] for r in trials]
+
+
+def test_a_lock_from_another_host_is_live_until_its_job_goes_quiet(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("some-other-node 4242")  # a pid this host cannot check
+    assert lock_holder(tmp_path) is None and lock_is_live(tmp_path) and not acquire_lock(tmp_path)
+    quiet_since = time.time() - FOREIGN_LOCK_STALE_S - 60
+    os.utime(tmp_path / LOCK_NAME, (quiet_since, quiet_since))
+    assert not lock_is_live(tmp_path) and acquire_lock(tmp_path)
+    assert (tmp_path / LOCK_NAME).read_text() == f"{socket.gethostname()} {os.getpid()}"
