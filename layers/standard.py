@@ -5,6 +5,11 @@ a sound upper bound of its own operator norm on the input it sees (``lipbench.bo
 exact SVD for dense layers; the FFT norm of the zero-padded convolution embedded in a
 circular one, an upper bound), and the model's bound is their product. That product is
 loose for deep networks, which is exactly what the baseline is there to show.
+
+Init: orthogonal (rows of the flattened kernel orthonormal) and zero bias, so that the signal keeps
+its scale through the 27 layers of the ConvNet. PyTorch's default (Kaiming-uniform, gain 1/sqrt 3)
+shrinks it by about 0.58 per layer, 1e-7 over the network: the logits were the biases alone and a
+2-minute Fashion-MNIST run stayed at chance (10.0%).
 """
 from __future__ import annotations
 
@@ -14,8 +19,16 @@ from lipbench.bounds import conv_norm, dense_norm
 from lipbench.registry import register_layer
 
 
+def orthogonal_init(layer: nn.Conv2d | nn.Linear) -> None:
+    nn.init.orthogonal_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
 class BoundedConv2d(nn.Conv2d):
     """nn.Conv2d with zero 'same' padding that reports a sound bound of its operator norm."""
+
+    def reset_parameters(self) -> None:
+        orthogonal_init(self)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
@@ -26,6 +39,9 @@ class BoundedConv2d(nn.Conv2d):
 
 class BoundedLinear(nn.Linear):
     """nn.Linear that reports its exact spectral norm."""
+
+    def reset_parameters(self) -> None:
+        orthogonal_init(self)
 
     def lipschitz_bound(self, input_shape: tuple[int, ...] = ()) -> float:
         return dense_norm(self.weight)

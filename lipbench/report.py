@@ -551,9 +551,9 @@ def compact_number(value: float, _position: Any = None) -> str:
 def plain_log_ticks(axis: Any, low: float, high: float) -> None:
     """Readable ticks on a log axis (1, 2, 5 × 10^k, or finer when the range is narrow), as plain numbers."""
     exponents = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
-    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9)):
         ticks = [m * 10.0 ** e for e in exponents for m in mantissas if low <= m * 10.0 ** e <= high]
-        if len(ticks) >= 3:
+        if len(ticks) >= 3 and ticks[-1] / ticks[0] >= (high / low) ** 0.5:  # enough ticks, spread over the axis
             break
     if len(ticks) < 2:  # a range narrower than one step of 1..9 x 10^k: three rounded points inside it
         ticks = [float(f"{value:.2g}") for value in np.geomspace(low, high, 5)[1:-1]]
