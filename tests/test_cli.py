@@ -87,3 +87,11 @@ def test_dry_run_lists_the_plan_without_running(tmp_path):
                       "--datasets", "cifar10,fashion-mnist", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "16 planned jobs" in result.stdout and not (tmp_path / "jobs").exists()
+
+
+def test_layers_table_names_every_method_and_fits_80_columns():
+    result = lipbench("layers", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    for name in ("aol", "bcop", "cayley", "cpl", "lot", "sll", "soc", "lipnext", "rslmi", "standard"):
+        assert f"  {name} " in result.stdout
+    assert "…" not in result.stdout and "bjorck_iterations=" in result.stdout

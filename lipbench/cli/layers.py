@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -19,12 +20,17 @@ def layers_command(
     """List the registered 1-Lipschitz methods: family, padding, bound and approximations."""
     for module in plugin or []:
         load_plugin(module)
-    table = Table(title="Registered layers")
-    for column in ("name", "family", "kinds", "padding", "bound", "exact", "approximation", "description"):
-        table.add_column(column)
-    for name in list_layers(pattern):
+    console = Console()
+    names = list_layers(pattern)
+    table = Table(title="Registered layers", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("name", "family", "kinds", "padding", "bound", "exact"):
+        table.add_column(column, no_wrap=True)
+    for name in names:
         method = get_method(name)
-        approximation = ", ".join(f"{k}={v}" for k, v in method.approximation.items()) or "-"
         table.add_row(name, method.family, ",".join(method.kinds), method.padding, f"{method.bound:g}",
-                      "yes" if method.exact else f"no (tol {method.tolerance:g})", approximation, method.description)
-    Console().print(table)
+                      "yes" if method.exact else f"tol {method.tolerance:.0e}")
+    console.print(table)
+    for name in names:  # long texts below the table, so that it fits an 80-column terminal
+        method = get_method(name)
+        approximation = ", ".join(f"{k}={v}" for k, v in method.approximation.items()) or "none"
+        console.print(f"[bold]{name}[/]: {method.description}\n    [dim]approximation: {approximation}[/]")
