@@ -253,9 +253,13 @@ class LipNeXt(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(l2_pool(self.blocks(self.stem(self.patchify(x)))))
 
+    def method_layers(self) -> list[nn.Module]:
+        """The linear maps, in order: stem, each block's mixing, head (the audit bounds each one).
+        Everything else (patching, p, β-Abs, L2 pooling) is 1-Lipschitz by construction."""
+        return [self.stem, *(block.mixing for block in self.blocks), self.head]
+
     def layer_bounds(self) -> list[float]:
-        return [self.stem.lipschitz_bound(), *(block.lipschitz_bound() for block in self.blocks),
-                self.head.lipschitz_bound()]
+        return [layer.lipschitz_bound() for layer in self.method_layers()]
 
     def lipschitz_bound(self) -> float:
         return math.prod(self.layer_bounds())

@@ -86,8 +86,15 @@ def sketched_lmi(linear_map: Callable[[Tensor], Tensor], sketch: Tensor, tau: Te
 
 
 def psd_violation(matrix: Tensor) -> Tensor:
-    """Squared Frobenius distance of a symmetric matrix to the PSD cone: sum of its negative eigenvalues squared."""
-    return torch.linalg.eigvalsh(matrix).clamp(max=0).pow(2).sum()
+    """Squared Frobenius distance of a symmetric matrix to the PSD cone: sum of its negative eigenvalues squared.
+
+    Diverged weights make the matrix non-finite, where LAPACK's eigh fails with a misleading
+    "ill-conditioned" error; the penalty is then NaN instead, so training reports the divergence.
+    """
+    finite = torch.isfinite(matrix)
+    eigenvalues = torch.linalg.eigvalsh(torch.where(finite, matrix, 0.0).double())
+    not_finite = torch.where(finite, 0.0, float("nan")).sum()  # NaN iff any entry is; no host sync
+    return eigenvalues.clamp(max=0).pow(2).sum().to(matrix.dtype) + not_finite
 
 
 class SketchedLMI(nn.Module):

@@ -222,8 +222,16 @@ def variant_labels(frame: pd.DataFrame) -> list[str]:
         differing = [key for key in SETTINGS if len({str(s.get(key)) for s in settings.values()}) > 1]
         for index, values in settings.items():
             labelled = [key for key in SETTINGS if key in differing or (key in ALWAYS_LABELLED and values.get(key))]
-            labels[index] = ", ".join(f"{key}={values.get(key)}" for key in labelled)
+            labels[index] = ", ".join(setting_text(key, values.get(key)) for key in labelled)
     return labels.tolist()
+
+
+def setting_text(key: str, value: Any) -> str:
+    """``key=value``; layer options as their own ``name=value`` pairs (``sketch_dim=8``), or ``default``."""
+    if key != "layer_options":
+        return f"{key}={value}"
+    options = json.loads(value) if isinstance(value, str) else value or {}
+    return ", ".join(f"{name}={option}" for name, option in options.items()) or "default options"
 
 
 def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:

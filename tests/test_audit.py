@@ -14,7 +14,7 @@ from lipbench.audit import audit_model, sound_layer_bound
 from lipbench.bounds import conv_norm, dense_norm
 from lipbench.data import make_synthetic
 from lipbench.job import run_job
-from lipbench.model import ConvNet
+from lipbench.model import ConvNet, create_model
 from lipbench.plan import JobConfig
 from lipbench.registry import get_method, load_plugin, unregister_layer
 
@@ -213,3 +213,18 @@ def test_run_with_audit_records_it_and_the_report_flags_the_failure(tmp_path):
     audit = json.loads(record_path.read_text())["audit"]
     assert audit["verdict"] == "claim exceeded" and audit["violations"] == 0
     assert "FAILED" in (tmp_path / "report" / "leaderboard.md").read_text()
+
+
+def test_lipnext_is_proved_layer_by_layer(data):
+    """LipNeXt lists its linear maps: stem and head by impulse response, each block's shifted mixing as
+    a circular convolution, all exact; so the model's certificate is proved, not taken on trust."""
+    torch.manual_seed(0)
+    model = create_model("lipnext", "L2W16", data.in_shape, data.n_classes)
+    result = audit(model, "lipnext", data, {"lipschitz_bound": model.lipschitz_bound()})
+    assert [row["how"] for row in result["layers"]] == ["impulse: exact"] * 4
+    mixing, shape = model.blocks[0].mixing, (16, *model.blocks[0].position.shape[-2:])
+    assert sound_layer_bound(mixing, shape, dense_limit=16).how == "fft circular: exact"  # wider models' path
+    assert result["sound_bound_proved"] and result["verdict"] == "ok" and result["violations"] == 0
+    assert result["lower_bound"] <= result["sound_bound"] == pytest.approx(1.0, abs=1e-5)
+    for row in result["layers"]:
+        assert row["bound"] == pytest.approx(row["declared"], rel=1e-6)

@@ -1,6 +1,7 @@
 """The command line end to end, on the synthetic dataset, in subprocesses as a user runs it."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,9 +85,10 @@ def test_report_skips_a_corrupt_record(tmp_path):
 
 def test_dry_run_lists_the_plan_without_running(tmp_path):
     result = lipbench("run", "--dry-run", "--budget", "2h,10h", "--layers", "a*,standard", "--sizes", "XS,S",
-                      "--datasets", "cifar10,fashion-mnist", "--out", tmp_path)
+                      "--datasets", "cifar10,fashion-mnist", "--out", tmp_path, env={"COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     assert "16 planned jobs" in result.stdout and not (tmp_path / "jobs").exists()
+    assert "…" not in result.stdout and re.search(r"^[0-9a-f]{12} pending aol ", result.stdout, re.MULTILINE)
 
 
 def test_layers_table_names_every_method_and_fits_80_columns():

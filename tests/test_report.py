@@ -115,6 +115,13 @@ def test_runs_differing_in_settings_or_device_are_not_seeds(tmp_path):
     assert board.loc[board["size"] == "S", "variant"].item() == "holdout=0.1"  # never mistaken for test accuracy
 
 
+def test_layer_options_label_their_runs_by_name(tmp_path):
+    for index, options in enumerate([{}, {"sketch_dim": 8}, {"sketch_dim": 64, "penalty_weight": 1.0}]):
+        write(tmp_path, str(index), record("rslmi", "XS", "2m", 0, layer_options=options, job_id=f"r{index}"))
+    labels = sorted(leaderboard(load_results([tmp_path])[0])["variant"])
+    assert labels == ["default options", "penalty_weight=1.0, sketch_dim=64", "sketch_dim=8"]
+
+
 def test_a_failure_recorded_without_device_or_settings_joins_its_seeds(tmp_path):
     write(tmp_path, "a", record("aol", "XS", "2m", 0))
     write(tmp_path, "b", record("aol", "XS", "2m", 1, status="nan"))

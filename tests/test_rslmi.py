@@ -153,3 +153,12 @@ def test_certificate_is_sound_and_reports_the_claim():
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="sketch_dim"):
         lipbench.create_layer("rslmi", "linear", 4, 4, sketch_dim=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_diverged_weights_give_a_nan_penalty_not_a_lapack_error(bad):
+    """A non-finite sketched matrix (diverged weights) must surface as a NaN loss, which training reports."""
+    matrix = torch.eye(4)
+    matrix[1, 2] = matrix[2, 1] = bad
+    assert torch.isnan(psd_violation(matrix))
+    assert float(psd_violation(-torch.eye(4))) == pytest.approx(4.0)

@@ -160,20 +160,20 @@ def print_plan(jobs: list[JobConfig], out: Path) -> None:
 
     calibration = read_calibration(out)
     device_name = environment(resolve_device(jobs[0].device))["device_name"]
-    table = Table(title=f"{len(jobs)} planned jobs")
-    for column in ("id", "status", "layer", "size", "dataset", "budget", "seed", "lr", "batch", "est. epochs"):
-        table.add_column(column)
+    table = Table(title=f"{len(jobs)} planned jobs", box=None, padding=(0, 1, 0, 0), header_style="bold")
+    for column in ("id", "status", "layer", "size", "dataset", "budget", "seed", "lr", "batch", "epochs"):
+        table.add_column(column, no_wrap=True)
     total = 0.0
     for job in jobs:
         status = existing_status(out, job) or "pending"
         total += job.budget_s if status not in FINISHED else 0
         measured = calibration.get(calibration_key(job, device_name))
         epochs = f"{job.budget_s / measured['step_seconds'] / measured['steps_per_epoch']:.1f}" if measured else "?"
-        table.add_row(job.job_id, status, job.layer, job.size, job.dataset, job.budget, str(job.seed), f"{job.lr:g}",
+        table.add_row(job.job_id, status, job.layer, job.size, job.dataset, job.budget, str(job.seed), f"{job.lr:.2g}",
                       str(job.batch_size), epochs)
     console.print(table)
     console.print(f"device time still to spend on training: {format_duration(total)} (plus loading and certification); "
-                  "'?' epochs: not calibrated on this device yet (a run measures it)")
+                  "'?' epochs (estimated): not calibrated on this device yet (a run measures it)")
 
 
 class ProgressObserver:
