@@ -11,6 +11,8 @@ Approximation: none; the bound is exact in exact arithmetic (1e-12 is added befo
 square root, which only makes the layer smaller).
 Init: Dirac (identity) for k x k convs, orthogonal for 1x1 convs and dense layers, as in the
 comparison paper.
+Padding: zero 'same', as in the reference. (Circular padding, equally sound, cost an extra 0.6 of
+a plain conv's training step on CPU: 1.73x instead of 1.14x at batch 64, 64 channels, 16 x 16.)
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def aol_scale_conv(kernel: Tensor) -> Tensor:
 class AOLConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=kernel_size // 2, padding_mode="circular")
+                         padding=kernel_size // 2)
         if kernel_size > 1 and in_channels == out_channels:
             nn.init.dirac_(self.weight)
         else:
@@ -71,7 +73,7 @@ class AOLLinear(nn.Linear):
         return F.linear(x, self.scaled_weight(), self.bias)
 
 
-@register_layer("aol", family="rescaled", padding="circular", exact=True, strides=(1, 2),
+@register_layer("aol", family="rescaled", padding="zero", exact=True, strides=(1, 2),
                 description="Almost-orthogonal rescaling (Prach & Lampert 2022)")
 def build_aol(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
     if kind == "linear":
