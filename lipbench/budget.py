@@ -1,4 +1,5 @@
-"""Training-time budgets: ``30s``, ``2m``, ``1h30m``, ``10h``, or a YAML preset from ``budgets/``.
+"""Training-time budgets: ``30s``, ``2m``, ``1h30m``, ``10h``, or a YAML preset from ``budgets/``
+(``PRESET@DURATION`` runs a preset's protocol for another time, e.g. ``cpu-2m@1m``).
 
 A budget is wall-clock *training* time on the user's device. A preset also fixes the training
 protocol (batch size, optimizer settings, loss, augmentation) and may override it per method::
@@ -13,7 +14,7 @@ protocol (batch size, optimizer settings, loss, augmentation) and may override i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,16 @@ def preset_names() -> list[str]:
 
 
 def load_budget(text: str) -> Budget:
-    """A duration, a preset name from ``budgets/``, or the path of a YAML preset."""
+    """A duration, a preset name from ``budgets/``, the path of a YAML preset, or ``PRESET@DURATION``
+    (the preset's protocol for another amount of time, e.g. ``cpu-2m@1m``)."""
     text = text.strip()
+    if "@" in text:
+        preset, duration = text.rsplit("@", 1)
+        base = load_budget(preset)
+        if not base.protocol:
+            raise UserError(f"budget {text!r}: {preset!r} is no preset; PRESET@DURATION takes a preset name "
+                            f"({', '.join(preset_names())}) or YAML file before the @")
+        return replace(base, name=text, seconds=parse_duration(duration))
     path = Path(text).expanduser()
     if text.endswith((".yaml", ".yml")):
         if not path.is_file():

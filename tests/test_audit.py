@@ -228,3 +228,13 @@ def test_lipnext_is_proved_layer_by_layer(data):
     assert result["lower_bound"] <= result["sound_bound"] == pytest.approx(1.0, abs=1e-5)
     for row in result["layers"]:
         assert row["bound"] == pytest.approx(row["declared"], rel=1e-6)
+
+
+def test_a_claim_the_certificate_did_not_use_is_a_finding_not_a_failure(data):
+    """RS-LMI-like: the method claims L = 0.5, the certificate used the sound 1 (AOL's): every certificate stands."""
+    model = small_convnet("aol", data, head_bias=0.6)
+    result = audit(model, "aol", data, {"lipschitz_bound": 1.0, "lipschitz_bound_claimed": 0.5})
+    assert result["passed"] and result["verdict"] == "ok" and result["violations"] == 0
+    assert result["claimed_bound"] == 0.5 and "exceeds the method's claim 0.5" in result["findings"][0]
+    understated = audit(model, "aol", data, {"lipschitz_bound": 0.5, "lipschitz_bound_claimed": 0.5})
+    assert not understated["passed"] and "exceeds the claimed 0.5" in understated["problems"][0]

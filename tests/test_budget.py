@@ -24,6 +24,16 @@ def test_paper_presets_ship_and_carry_the_protocol():
     assert budget.per_method["aol@XS"]["lr"] == pytest.approx(0.0573, rel=1e-3)
 
 
+def test_a_preset_runs_for_another_duration():
+    budget, preset = load_budget("cpu-2m@1m"), load_budget("cpu-2m")
+    assert budget.name == "cpu-2m@1m" and budget.seconds == 60
+    assert budget.protocol == preset.protocol and budget.per_method == preset.per_method
+    with pytest.raises(UserError, match="no preset"):
+        load_budget("2m@1m")
+    with pytest.raises(UserError, match="malformed budget"):
+        load_budget("cpu-2m@soon")
+
+
 def test_broken_yaml_names_the_line(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("budget: 2m\nlr: [0.1\n")

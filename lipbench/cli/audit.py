@@ -49,8 +49,9 @@ def audit_command(
     """Prove every certificate: sound Lipschitz bound, empirical lower bound, attacks on certified points.
 
     Exit status 1 when an attack breaks a certified point, an observed ratio exceeds the certificate's
-    bound, or the sound bound exceeds the claimed one (for the model or for any layer) by more
-    than the tolerance.
+    bound, or a sound bound exceeds the one the certificate used (for the model) or the declared
+    one (for any layer) by more than the tolerance. A method's claim that only the sound bound
+    exceeds (RS-LMI's prod sqrt(tau)) is printed as a finding: the CRA already used the sound bound.
 
     Example: lipbench audit results/            (every finished job, one row each)
     """
@@ -186,6 +187,8 @@ def print_alarms(audit: dict[str, Any], quiet: bool) -> None:
     target = Console(stderr=True, soft_wrap=True)
     for problem in audit["problems"]:
         target.print(f"[bold red]✗ {audit['run']}: {problem}[/]")
+    for finding in audit.get("findings", []):
+        target.print(f"[yellow]! {audit['run']}: {finding}[/]")
     if not quiet:
         for point in audit["violation_points"]:
             target.print(f"[bold red]  VIOLATION test index {point['index']}: certified radius "

@@ -52,7 +52,8 @@ def check_datasets(datasets: list[str], data_dir: Optional[str]) -> None:
 @app.command("run")
 def run_command(
     budget: str = typer.Option("2m", "--budget", "-b", help="Training time per job: 30s, 2m, 1h30m, 10h, or a preset "
-                               "(2h, 10h, 24h, cpu-2m) or preset YAML file. Commas run several."),
+                               "(2h, 10h, 24h, cpu-2m) or preset YAML file; PRESET@TIME runs a preset's protocol for "
+                               "another time (cpu-2m@1m). Commas run several."),
     layers: str = typer.Option("aol,standard", "--layers", "--layer", "-l",
                                help="Methods, comma-separated; wildcards allowed ('*', 'so*'). See `lipbench layers`."),
     sizes: str = typer.Option("XS", "--sizes", "--size", "-s", help="Model sizes: XS, S, M, L (ConvNet widths 16-128)."),
