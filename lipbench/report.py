@@ -160,7 +160,13 @@ def device_of(record: dict[str, Any]) -> str | None:
 
 
 def run_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as one flat row: environment and audit folded in, the audit's sound CRA preferred."""
+    """A record as one flat row: environment and audit folded in.
+
+    Where the audit's CRA (with the sound bound) is below the job's, it replaces it: the job
+    certified points it could not prove. Where it is higher (the sound bound is tighter than the
+    method's certificate), the job's CRA stays, so that an audit never lifts a method above the
+    same run without one.
+    """
     row = {key: value for key, value in record.items() if not isinstance(value, (dict, list))}
     environment = record.get("environment") if isinstance(record.get("environment"), dict) else {}
     row.update(device_name=device_of(record), torch_version=environment.get("torch_version"),
@@ -175,8 +181,9 @@ def run_row(record: dict[str, Any]) -> dict[str, Any]:
         row["audit_violations"] = audit.get("violations", 0)
         row["audit_failed"] = float(audit.get("passed") is False or "error" in audit)
         row["audit_problems"] = "; ".join(audit.get("problems", [])) or audit.get("error")
-        for key, value in audit_cra(audit.get("cra_sound")).items():
-            row[f"{key}_job"], row[key] = row.get(key), value
+        for key, value in audit_cra(audit.get("cra_sound")).items():  # an audit may lower a CRA, never raise it
+            row[f"{key}_job"] = row.get(key)
+            row[key] = value if row[f"{key}_job"] is None else min(row[f"{key}_job"], value)
     for key in ("train_throughput", "infer_throughput"):
         if isinstance(row.get(key), (int, float)) and row[key] <= 0:
             row[key] = None  # no step was timed (e.g. the budget ended after the warm-up step): not measured

@@ -143,13 +143,15 @@ def test_the_same_job_found_twice_counts_once(results, tmp_path):
     assert any("appears twice" in problem for problem in problems)
 
 
-def test_audit_sound_cra_replaces_the_job_cra_and_violations_are_flagged(tmp_path):
+def test_audit_sound_cra_lowers_the_job_cra_and_violations_are_flagged(tmp_path):
     audit_bad = {"sound_bound": 1.2, "lower_bound": 1.1, "violations": 3,
                  "cra_sound": {"cra_36": 0.40, "72/255": 0.2, "108": 0.1, "1": 0.0}}
     write(tmp_path, "a", record("bcop", "XS", "2m", 0, cra=0.6, audit=audit_bad))
     write(tmp_path, "b", record("aol", "XS", "2m", 0, cra=0.5, audit={"sound_bound": 1.0, "lower_bound": 0.99,
                                                                        "violations": 0}))
     write(tmp_path, "c", record("rslmi", "XS", "2m", 0, cra=0.45, lipschitz_bound=1.3, lipschitz_bound_claimed=1.0))
+    tighter = {"sound_bound": 0.9, "lower_bound": 0.5, "violations": 0, "cra_sound": {"cra_36": 0.7}}
+    write(tmp_path, "d", record("soc", "XS", "2m", 0, cra=0.45, audit=tighter))
     runs, _ = load_results([tmp_path])
     board = leaderboard(runs)
     bcop = row(board, "bcop", "XS")
@@ -157,6 +159,7 @@ def test_audit_sound_cra_replaces_the_job_cra_and_violations_are_flagged(tmp_pat
     assert bcop["cra_255"] == pytest.approx(0.0) and bcop["violations"] == 3
     assert runs.loc[runs["layer"] == "bcop", "cra_36_job"].item() == pytest.approx(0.6)  # kept for reference
     assert row(board, "aol", "XS")["rank"] == 1  # the audited CRA decides the rank
+    assert row(board, "soc", "XS")["cra_36"] == pytest.approx(45.0)  # a tighter sound bound never raises a CRA
     assert len(violations(board)) == 1 and "bcop XS" in violations(board)[0]
     table = board_tables(board, shown_metrics(board))[0]
     audit = table.headers.index("audit")
@@ -165,7 +168,7 @@ def test_audit_sound_cra_replaces_the_job_cra_and_violations_are_flagged(tmp_pat
     assert cells["aol"].text == "ok" and cells["rslmi"].text == "-"
     assert {"L claimed", "L sound", "audit L sound"} <= set(table.headers)
     claimed = {r[1].text: r[table.headers.index("L claimed")].text for r in table.rows}
-    assert claimed == {"aol": "-", "bcop": "-", "rslmi": "1"}
+    assert claimed == {"aol": "-", "bcop": "-", "rslmi": "1", "soc": "-"}
 
     console = Console(width=100, record=True)
     print_board(board, console)
