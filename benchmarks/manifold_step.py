@@ -16,13 +16,13 @@ over rounds of each candidate's time divided by the SGD step's time in the same 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Callable
 
 import torch
 
 from lipbench.manifold import RiemannianOptimizer, polar
+
+from interleave import median_ratios  # benchmarks/interleave.py: the script's folder is on sys.path
 
 
 def direct_update(weight: torch.nn.Parameter, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], None]:
@@ -60,22 +60,12 @@ def cayley(skew_matrix: torch.Tensor) -> torch.Tensor:
 
 
 def measure(d: int, rounds: int) -> dict[str, float]:
-    candidates = {"sgd": sgd_update(d), "manifold": manifold_update(d),
-                  "matrix_exp": reparameterized_update(d, torch.linalg.matrix_exp),
-                  "cayley": reparameterized_update(d, cayley)}
-    names = list(candidates)
-    ratios: dict[str, list[float]] = {name: [] for name in names}
     grad = torch.randn(d, d) * 1e-2
-    for round_index in range(rounds + 3):  # the first 3 rounds warm up
-        seconds = {}
-        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-            start = time.perf_counter()
-            candidates[name](grad)
-            seconds[name] = time.perf_counter() - start
-        if round_index >= 3:
-            for name in names:
-                ratios[name].append(seconds[name] / seconds["sgd"])
-    return {name: statistics.median(values) for name, values in ratios.items()}
+    updates = {"sgd": sgd_update(d), "manifold": manifold_update(d),
+               "matrix_exp": reparameterized_update(d, torch.linalg.matrix_exp),
+               "cayley": reparameterized_update(d, cayley)}
+    return median_ratios({name: lambda update=update: update(grad) for name, update in updates.items()}, "sgd",
+                         rounds, warmup_rounds=3)
 
 
 def main() -> None:

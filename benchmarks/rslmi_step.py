@@ -16,8 +16,6 @@ removes, and it is not run here.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -25,6 +23,8 @@ import torch
 from lipbench.model import create_model
 from lipbench.registry import get_method
 from lipbench.train import offset_cross_entropy
+
+from interleave import median_ratios  # benchmarks/interleave.py: the script's folder is on sys.path
 
 IN_SHAPE, CLASSES = (1, 28, 28), 10
 
@@ -50,18 +50,7 @@ def training_step(layer: str, batch: int, **options: int) -> Callable[[], None]:
 def measure(sketch_dims: list[int], batch: int, rounds: int) -> dict[str, float]:
     candidates = {"standard": training_step("standard", batch)}
     candidates.update({f"rslmi m={m}": training_step("rslmi", batch, sketch_dim=m) for m in sketch_dims})
-    names = list(candidates)
-    ratios: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds + 2):  # the first 2 rounds warm up
-        seconds = {}
-        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-            start = time.perf_counter()
-            candidates[name]()
-            seconds[name] = time.perf_counter() - start
-        if round_index >= 2:
-            for name in names:
-                ratios[name].append(seconds[name] / seconds["standard"])
-    return {name: statistics.median(values) for name, values in ratios.items()}
+    return median_ratios(candidates, "standard", rounds)
 
 
 def main() -> None:
