@@ -234,7 +234,7 @@ def variant_labels(frame: pd.DataFrame) -> list[str]:
 
 
 def setting_text(key: str, value: Any) -> str:
-    """``key=value``; layer options as their own ``name=value`` pairs (``sketch_dim=8``), or ``default``."""
+    """``key=value``; layer options as their own ``name=value`` pairs (``sketch_dim=8``), or ``default options``."""
     if key != "layer_options":
         return f"{key}={value}"
     options = json.loads(value) if isinstance(value, str) else value or {}

@@ -174,7 +174,7 @@ def print_plan(jobs: list[JobConfig], out: Path) -> None:
                       str(job.batch_size), epochs)
     console.print(table)
     console.print(f"device time still to spend on training: {format_duration(total)} (plus loading and certification); "
-                  "'?' epochs (estimated): not calibrated on this device yet (a run measures it)")
+                  "'epochs' are estimated from this device's calibration, '?' where a run has not measured it yet")
 
 
 class ProgressObserver:
