@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbench.bounds import power_iteration_norm
-from lipbench.layers.standard import BoundedConv2d, BoundedLinear
+from lipbench.layers.standard import UNCONSTRAINED_PROTOCOL, BoundedConv2d, BoundedLinear
 from lipbench.model import input_shapes
 from lipbench.registry import register_layer
 
@@ -207,7 +207,7 @@ def rslmi_certificate(model: nn.Module) -> dict:
 
 
 @register_layer("rslmi", family="lmi", padding="zero", exact=True, bound=float("inf"), strides=(1, 2),
-                extra_loss=rslmi_loss, certificate=rslmi_certificate,
+                protocol=UNCONSTRAINED_PROTOCOL, extra_loss=rslmi_loss, certificate=rslmi_certificate,
                 description="Randomized-subspace LMI penalty (Abdeen et al. 2025); certificate = sound layer norms")
 def build_rslmi(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                 sketch_dim: int = SketchSettings.sketch_dim, penalty_weight: float = SketchSettings.penalty_weight,

@@ -70,13 +70,14 @@ class JobConfig:
 
 def expand(layers: list[str], sizes: list[str], datasets: list[str], budgets: list[Budget], seeds: list[int],
            overrides: dict[str, Any], **common: Any) -> list[JobConfig]:
-    """Every combination, with settings layered: defaults < budget preset < preset per method(@size) < overrides."""
+    """Every combination, with settings layered: defaults < budget preset < the method's own protocol
+    < preset per method(@size) < overrides."""
     jobs = []
     for budget, layer, size, dataset, seed in itertools.product(budgets, layers, sizes, datasets, seeds):
         method = get_method(layer)
         if size not in method.sizes:
             continue  # e.g. LipNeXt's sizes differ from the ConvNet's; the CLI reports pairs left out
-        settings = {**budget.protocol, **budget.per_method.get(layer, {}),
+        settings = {**budget.protocol, **method.protocol, **budget.per_method.get(layer, {}),
                     **budget.per_method.get(f"{layer}@{size}", {}), **overrides}
         jobs.append(JobConfig(layer=layer, size=size, dataset=dataset, budget=budget.name, budget_s=budget.seconds,
                               seed=seed, **settings, **common))

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from lipbench.budget import typed_settings
 from lipbench.errors import UserError
 
 ENTRY_POINT_GROUP = "lipbench.layers"
@@ -55,6 +56,9 @@ class LayerMethod:
         relative slack the exact operator norm may then exceed ``bound`` by, and
         ``approximation`` names the settings (recorded with every result).
     orthogonal: the layer preserves norms (all singular values 1 up to ``tolerance``).
+    protocol: training settings the method needs on any budget (keys as in a budget preset, e.g.
+        ``{"lr": 0.01}`` for unconstrained layers that diverge at the default lr). They override a
+        preset's protocol; the preset's own entry for the method and command-line options override them.
     Hooks (all optional): ``activation() -> nn.Module`` replaces MaxMin;
         ``optimizer(model, settings) -> Optimizer`` replaces SGD; ``extra_loss(model) -> Tensor``
         is added to the task loss; ``certificate(model) -> dict`` returns the model's bound as
@@ -74,6 +78,7 @@ class LayerMethod:
     kinds: tuple[str, ...] = KINDS
     strides: tuple[int, ...] = (1,)
     approximation: Mapping[str, Any] = field(default_factory=dict)
+    protocol: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     activation: Callable[[], nn.Module] | None = None
     optimizer: Callable[..., Any] | None = None
@@ -99,7 +104,8 @@ def register_layer(name: str, **declaration: Any) -> Callable[[Callable[..., nn.
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _METHODS:
             raise ValueError(f"layer {name!r} is already registered (by {_METHODS[name].build.__module__})")
-        method = LayerMethod(name=name, build=build, **declaration)
+        protocol = typed_settings(dict(declaration.pop("protocol", {})), f"layer {name!r}: protocol")
+        method = LayerMethod(name=name, build=build, protocol=protocol, **declaration)
         unknown_kinds = set(method.kinds) - set(KINDS)
         if unknown_kinds:
             raise ValueError(f"layer {name!r}: unknown kinds {sorted(unknown_kinds)}; use {KINDS}")

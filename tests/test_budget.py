@@ -42,7 +42,8 @@ def test_broken_yaml_names_the_line(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [("lr: 0.1\n", "budget"), ("budget: 2m\nlearning_rate: 1\n", "unknown keys"),
-                                              ("budget: 2m\nbatch_size: many\n", "batch_size must be a int"),
+                                              ("budget: 2m\nbatch_size: many\n", "batch_size must be an integer"),
+                                              ("budget: 2m\nmethods:\n  aol: {budget: 2h}\n", "methods.aol.*unknown setting"),
                                               ("budget: 2m\nmethods: [aol]\n", "methods")])
 def test_invalid_presets_are_explained(tmp_path, content, message):
     path = tmp_path / "p.yaml"

@@ -97,3 +97,4 @@ def test_layers_table_names_every_method_and_fits_80_columns():
     for name in ("aol", "bcop", "cayley", "cpl", "lot", "sll", "soc", "lipnext", "rslmi", "standard"):
         assert f"  {name} " in result.stdout
     assert "…" not in result.stdout and "bjorck_iterations=" in result.stdout
+    assert "training: lr=0.01" in result.stdout  # the unconstrained layers' own lr

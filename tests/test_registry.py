@@ -101,3 +101,39 @@ def test_resolve_layers_expands_wildcards_and_rejects_unknown():
     assert "aol" in registry.resolve_layers("a*")
     with pytest.raises(lipbench.UserError, match="no registered layer matches"):
         registry.resolve_layers("qq*")
+
+
+def test_a_method_protocol_sits_between_the_preset_and_its_per_method_entries(scratch_layer, tmp_path):
+    from lipbench.budget import load_budget
+    from lipbench.plan import expand
+
+    scratch_layer("steady", protocol={"lr": "0.01"})
+    assert lipbench.get_method("steady").protocol == {"lr": 0.01}  # typed like a preset's settings
+
+    def lr(budget, overrides=None):
+        (job,) = expand(["steady"], ["XS"], ["synthetic"], [budget], [0], overrides or {})
+        return job.lr
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("budget: 2m\nlr: 0.05\nbatch_size: 64\n")
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("budget: 2m\nlr: 0.05\nmethods:\n  steady: {lr: 0.3}\n")
+    assert lr(load_budget("2m")) == lr(load_budget(str(preset))) == 0.01
+    assert lr(load_budget(str(tuned))) == 0.3
+    assert lr(load_budget(str(tuned)), {"lr": 0.7}) == 0.7
+
+
+def test_a_misspelt_method_protocol_fails_at_registration(scratch_layer):
+    with pytest.raises(lipbench.UserError, match="layer 'wobbly': protocol: unknown setting 'learning_rate'"):
+        scratch_layer("wobbly", protocol={"learning_rate": 0.01})
+    assert "wobbly" not in lipbench.list_layers()
+
+
+@pytest.mark.parametrize("layer", ["standard", "rslmi"])
+def test_unconstrained_layers_get_a_stable_lr_on_a_plain_duration(layer):
+    """At the default lr 0.05 (batch 256) both diverged on Fashion-MNIST within 35 steps; 0.01 trains."""
+    from lipbench.budget import load_budget
+    from lipbench.plan import expand
+
+    (job,) = expand([layer], ["XS"], ["fashion-mnist"], [load_budget("2m")], [0], {})
+    assert job.lr == 0.01

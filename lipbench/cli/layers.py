@@ -34,3 +34,6 @@ def layers_command(
         method = get_method(name)
         approximation = ", ".join(f"{k}={v}" for k, v in method.approximation.items()) or "none"
         console.print(f"[bold]{name}[/]: {method.description}\n    [dim]approximation: {approximation}[/]")
+        if method.protocol:
+            settings = ", ".join(f"{k}={v}" for k, v in method.protocol.items())
+            console.print(f"    [dim]training: {settings} (unless the budget preset sets it for {name})[/]")
