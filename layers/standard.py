@@ -19,8 +19,10 @@ from lipbench.bounds import conv_norm, dense_norm
 from lipbench.registry import register_layer
 
 # Nothing bounds the 27-layer network's gradient. 60 OneCycle steps of the XS ConvNet on Fashion-MNIST
-# (batch 256, momentum 0.9), test accuracy at peak lr 0.005 / 0.01 / 0.02 / 0.05: this baseline -, 50.5%,
-# 39.9%, NaN at step 33; RS-LMI (whose penalty barely acts early on) 75.8%, 79.7%, 71.2%, NaN at step 16.
+# (batch 256, momentum 0.9), test accuracy by peak lr:
+#   lr        0.005   0.01    0.02    0.05
+#   standard  -       50.5%   39.9%   NaN at step 33
+#   rslmi     75.8%   79.7%   71.2%   NaN at step 16 (its penalty barely acts this early)
 # A budget preset may still set its own lr for either.
 UNCONSTRAINED_PROTOCOL = {"lr": 0.01}
 
@@ -54,7 +56,8 @@ class BoundedLinear(nn.Linear):
 
 
 @register_layer("standard", family="unconstrained", padding="zero", exact=True, bound=float("inf"),
-                strides=(1, 2), protocol=UNCONSTRAINED_PROTOCOL, description="Plain conv; certificate = product of sound per-layer norms")
+                strides=(1, 2), protocol=UNCONSTRAINED_PROTOCOL,
+                description="Plain conv; certificate = product of sound per-layer norms")
 def build_standard(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
     if kind == "linear":
         return BoundedLinear(in_channels, out_channels)
