@@ -97,7 +97,7 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
     }
     try:
         data, model = build(config, device)
-        record["params"] = count_parameters(model)
+        record["params"], record["n_classes"] = count_parameters(model), data.n_classes
         reset_peak_memory(device)
         report = train(model, method, data, config.train_settings(), device, config.seed, log,
                        checkpoint=job_dir / CHECKPOINT_NAME, world=world)

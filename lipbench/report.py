@@ -271,6 +271,7 @@ def summarize(group: pd.DataFrame) -> dict[str, Any]:
                violating_runs=int((group["audit_violations"].fillna(0) > 0).sum()),
                failed_audits=int(group["audit_failed"].fillna(0).sum()),
                audit_problems="; ".join(sorted({str(p) for p in group["audit_problems"].dropna() if p})),
+               n_classes=group["n_classes"].max() if "n_classes" in group else np.nan,
                memory_counter=", ".join(sorted({str(c) for c in group["memory_counter"].dropna()})),
                device=", ".join(sorted({str(d) for d in group["device_name"].dropna()})))
     for metric in METRICS:
@@ -833,6 +834,25 @@ def claimed_bounds(board: pd.DataFrame) -> list[str]:
             for layer, rows in differing.groupby("layer")]
 
 
+def undertrained(board: pd.DataFrame) -> list[str]:
+    """One line per row that looks undertrained: clean accuracy under twice chance, or a certificate of L <= 1
+    that certifies almost nothing at 36/255 (its margins are tiny), so that nobody reads it as the method's worth."""
+    trained = board[board["ok_seeds"] > 0]
+    chance = 100.0 / trained["n_classes"]
+    near_chance = trained["clean_acc"] < 2 * chance
+    uncertified = (trained["lipschitz_bound"] <= 1 + 1e-3) & (trained["cra_36"] < 1.0)
+    return [f"{r['layer']} {r['size']} on {r['dataset']}, budget {r['budget']}: {r['clean_acc']:.1f}% clean"
+            + (f" (chance {100 / r['n_classes']:.0f}%)" if r["n_classes"] > 0 else "")
+            + f", CRA 36 {r['cra_36']:.1f}%: looks undertrained, not a verdict on the method; try a protocol tuned "
+            "for short runs (--budget cpu-2m@TIME) or `lipbench tune`"
+            for _, r in trained[near_chance | uncertified].iterrows()]
+
+
+def notes(board: pd.DataFrame) -> list[str]:
+    """What a reader must know to read the leaderboard right, short of an alert."""
+    return claimed_bounds(board) + undertrained(board)
+
+
 def value_range(values: pd.Series) -> str:
     low, high = format_number("bound", values.min()), format_number("bound", values.max())
     return low if low == high else f"{low} to {high}"
@@ -906,6 +926,10 @@ def html_page(report: Report, tables: list[BoardTable], folders: list[Path]) -> 
     if alerts:
         parts.append('<div class="box"><p class="alert">Certificate violations found by audits:</p><ul>'
                      + "".join(f"<li>{html.escape(a)}</li>" for a in alerts) + "</ul></div>")
+    remarks = notes(report.board)
+    if remarks:
+        parts.append('<div class="note"><p>Notes:</p><ul>'
+                     + "".join(f"<li>{html.escape(n)}</li>" for n in remarks) + "</ul></div>")
     if report.problems:
         parts.append('<div class="note"><p>Skipped while reading:</p><ul>'
                      + "".join(f"<li>{html.escape(p)}</li>" for p in report.problems) + "</ul></div>")
@@ -938,6 +962,9 @@ def markdown_page(report: Report, tables: list[BoardTable], folders: list[Path])
     alerts = violations(report.board)
     if alerts:
         parts.append("**Certificate violations found by audits:**\n\n" + "".join(f"- **{a}**\n" for a in alerts))
+    remarks = notes(report.board)
+    if remarks:
+        parts.append("Notes:\n\n" + "".join(f"- {n}\n" for n in remarks))
     if report.problems:
         parts.append("Skipped while reading:\n\n" + "".join(f"- {p}\n" for p in report.problems))
     explanations = how_to_read(report.runs)

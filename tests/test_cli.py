@@ -56,7 +56,7 @@ def test_run_records_reports_and_resumes(tmp_path):
                   "train_throughput", "infer_throughput", "peak_memory_mb", "params", "clean_acc", "cra_36",
                   "cra_72", "cra_108", "cra_255", "lipschitz_bound", "status", "approximation", "environment"):
         assert field in ok, field
-    assert ok["lipschitz_bound"] == 1.0 and ok["params"] > 1e6
+    assert ok["lipschitz_bound"] == 1.0 and ok["params"] > 1e6 and ok["n_classes"] == 10
     assert ok["environment"]["torch_version"] and ok["environment"]["lipbench_version"]
     assert ok["train_seconds"] <= 4 * 1.05 + ok["warmup_seconds"]  # the first step always runs
     assert (out / "report" / "leaderboard.md").is_file() and (out / "report" / "cra_vs_throughput.png").is_file()

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from lipbench.cli.report import print_board, report_into
 from lipbench.report import (PAPER, board_tables, latex_escape, latex_table, leaderboard, load_results,
-                             shown_metrics, violations, write_report)
+                             shown_metrics, undertrained, violations, write_report)
 
 BUDGETS = {"2m": 120.0, "10m": 600.0}
 
@@ -175,6 +175,27 @@ def test_audit_sound_cra_lowers_the_job_cra_and_violations_are_flagged(tmp_path)
     text = console.export_text()
     assert "VIOLATED (3)" in text and "✗ bcop XS" in text
     assert "rslmi: claimed L = 1, sound L = 1.3 in 1 row(s)" in text
+
+
+def test_undertrained_rows_are_said_to_be(tmp_path):
+    write(tmp_path, "a", record("cpl", "XS", "2m", 0, cra=0.0, clean=0.136, n_classes=10))  # near chance
+    write(tmp_path, "b", record("sll", "XS", "2m", 0, cra=0.001, clean=0.324, n_classes=10))  # L = 1, certifies nothing
+    write(tmp_path, "c", record("aol", "XS", "2m", 0, cra=0.6, clean=0.8, n_classes=10))
+    write(tmp_path, "d", record("standard", "XS", "2m", 0, cra=0.0, clean=0.85, n_classes=10, lipschitz_bound=1e3))
+    write(tmp_path, "e", record("lot", "XS", "2m", 0, cra=0.05, clean=0.05, n_classes=100))  # 100 classes: 5% is not chance
+    write(tmp_path, "f", record("soc", "XS", "2m", 0, cra=0.0, clean=0.4))  # a record from before n_classes was kept
+    board = leaderboard(load_results([tmp_path])[0])
+    lines = {line.split()[0]: line for line in undertrained(board)}
+    assert set(lines) == {"cpl", "sll", "soc"}  # a loose bound (standard) is no sign of undertraining
+    assert lines["cpl"].startswith("cpl XS on synthetic, budget 2m: 13.6% clean (chance 10%), CRA 36 0.0%")
+    assert "chance" not in lines["soc"].split(":")[1] and "cpu-2m@TIME" in lines["soc"]
+
+    report = write_report([tmp_path], tmp_path / "report")
+    for page in ("report.html", "report.md"):
+        assert (tmp_path / "report" / page).read_text().count("looks undertrained") == 3, page
+    console = Console(width=200, record=True)
+    print_board(report.board, console)
+    assert console.export_text().count("looks undertrained") == 3
 
 
 def test_cells_show_best_in_bold_and_spread(results):

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from lipbench.cli import app
 from lipbench.errors import UserError
-from lipbench.report import (TERMINAL, Cell, board_tables, claimed_bounds, leaderboard, shown_metrics, violations,
+from lipbench.report import (TERMINAL, Cell, board_tables, leaderboard, notes, shown_metrics, violations,
                              write_report)
 
 console = Console()
@@ -41,7 +41,7 @@ def print_board(board: pd.DataFrame, target: Console) -> None:
             rich_table.add_row(*(terminal_cell(cell) for cell in row), style="dim" if failed else None)
         target.print(rich_table)
     target.print(f"[dim]{LEGEND}[/]")
-    for note in claimed_bounds(board):
+    for note in notes(board):
         target.print(f"[yellow]{note}[/]")
     for alert in violations(board):
         target.print(f"[bold red]✗ {alert}[/]")
