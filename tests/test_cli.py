@@ -98,3 +98,16 @@ def test_layers_table_names_every_method_and_fits_80_columns():
         assert f"  {name} " in result.stdout
     assert "…" not in result.stdout and "bjorck_iterations=" in result.stdout
     assert "training: lr=0.01" in result.stdout  # the unconstrained layers' own lr
+
+
+def test_a_plain_duration_on_cpu_points_to_the_cpu_preset():
+    import torch
+
+    from lipbench.budget import load_budget
+    from lipbench.cli.run import cpu_protocol_hint
+
+    cpu, plain, preset = torch.device("cpu"), load_budget("2m"), load_budget("cpu-2m")
+    assert "--budget cpu-2m@2m" in cpu_protocol_hint([plain], cpu, {})
+    assert cpu_protocol_hint([preset], cpu, {}) is None
+    assert cpu_protocol_hint([plain], cpu, {"lr": 0.1}) is None  # the user chose the protocol
+    assert cpu_protocol_hint([plain], torch.device("cuda"), {}) is None

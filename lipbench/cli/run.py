@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from lipbench.budget import format_duration, load_budget
+from lipbench.budget import Budget, format_duration, load_budget
 from lipbench.cli import app
 from lipbench.cli.report import print_board, report_into
 from lipbench.data import load_dataset
@@ -133,6 +134,9 @@ def run_command(
     settings = load_slurm_settings(slurm_config, parse_key_values(slurm or [], "--slurm", "partition=gpu"))
     runner = create_executor(executor, device, nproc, max_parallel, settings, announce=console.print)
     here = resolve_device(device if executor == "local" else "cpu")  # a cluster's login node may have no GPU
+    hint = cpu_protocol_hint(budgets, here, overrides)
+    if hint:
+        console.print(f"[yellow]{hint}[/]")
     check_datasets(dataset_list, data_dir)
     sweep = write_sweep(out, jobs, {"layers": names, "sizes": size_list, "datasets": dataset_list,
                                     "budgets": [b.name for b in budgets], "seeds": seed_list, "overrides": overrides},
@@ -146,6 +150,15 @@ def run_command(
         board = report_into(out, [job.job_id for job in jobs])
         if board is not None:
             print_board(board, console)
+
+
+def cpu_protocol_hint(budgets: list[Budget], device: torch.device, overrides: dict[str, Any]) -> str | None:
+    """On a CPU, a plain duration without lr or batch size given gets the paper's GPU protocol: say so."""
+    plain = [budget.name for budget in budgets if not budget.protocol]
+    if device.type != "cpu" or not plain or {"lr", "batch_size"} & set(overrides):
+        return None
+    return (f"--budget {plain[0]} trains with the paper's protocol (batch 256, lr 0.05), made for hours on a GPU; "
+            f"for minutes on a CPU, --budget cpu-2m@{plain[0]} uses a protocol tuned for them (see budgets/cpu-2m.yaml)")
 
 
 def report_missing_sizes(names: list[str], sizes: list[str]) -> None:
