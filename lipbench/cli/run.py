@@ -54,7 +54,8 @@ def check_datasets(datasets: list[str], data_dir: Optional[str]) -> None:
 def run_command(
     budget: str = typer.Option("2m", "--budget", "-b", help="Training time per job: 30s, 2m, 1h30m, 10h, or a preset "
                                "(2h, 10h, 24h, cpu-2m) or preset YAML file; PRESET@TIME runs a preset's protocol for "
-                               "another time (cpu-2m@1m). Commas run several."),
+                               "another time (cpu-2m@1m). A plain duration uses the paper's GPU protocol (batch 256, "
+                               "lr 0.05); on a CPU, cpu-2m@TIME suits minutes. Commas run several."),
     layers: str = typer.Option("aol,standard", "--layers", "--layer", "-l",
                                help="Methods, comma-separated; wildcards allowed ('*', 'so*'). See `lipbench layers`."),
     sizes: str = typer.Option("XS", "--sizes", "--size", "-s", help="Model sizes: XS, S, M, L (ConvNet widths 16-128)."),
@@ -101,7 +102,8 @@ def run_command(
     OUT/jobs/<id>/record.json atomically, also when it fails (nan, oom, timeout, error).
     Jobs whose record exists are skipped unless --force, so re-running a sweep resumes it.
 
-    Example: lipbench run --budget 2m --layers aol,standard --dataset fashion-mnist
+    Examples: lipbench run --budget cpu-2m --layers aol,standard --dataset fashion-mnist (two minutes each on a CPU);
+    lipbench run --budget 2h --layers lipnext,soc,cpl --sizes XS,S --dataset cifar10 (the paper's protocol, a GPU).
     """
     if World.from_environment().distributed:
         raise UserError("lipbench run starts its own processes: use --nproc N instead of torchrun "
