@@ -844,7 +844,7 @@ def undertrained(board: pd.DataFrame) -> list[str]:
     return [f"{r['layer']} {r['size']} on {r['dataset']}, budget {r['budget']}: {r['clean_acc']:.1f}% clean"
             + (f" (chance {100 / r['n_classes']:.0f}%)" if r["n_classes"] > 0 else "")
             + f", CRA 36 {r['cra_36']:.1f}%: looks undertrained, not a verdict on the method; try a protocol tuned "
-            "for short runs (--budget cpu-2m@TIME) or `lipbench tune`"
+            "for short runs (e.g. --budget cpu-2m@TIME) or `lipbench tune`"
             for _, r in trained[near_chance | uncertified].iterrows()]
 
 

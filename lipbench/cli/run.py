@@ -24,6 +24,7 @@ from lipbench.records import environment
 from lipbench.registry import get_method, load_plugin, resolve_layers
 from lipbench.runner import (FINISHED, RetryPolicy, calibration_key, existing_record, existing_status, job_dir,
                              read_calibration, write_sweep)
+from lipbench.train import TrainSettings
 
 console = Console()
 
@@ -54,8 +55,9 @@ def check_datasets(datasets: list[str], data_dir: Optional[str]) -> None:
 def run_command(
     budget: str = typer.Option("2m", "--budget", "-b", help="Training time per job: 30s, 2m, 1h30m, 10h, or a preset "
                                "(2h, 10h, 24h, cpu-2m) or preset YAML file; PRESET@TIME runs a preset's protocol for "
-                               "another time (cpu-2m@1m). A plain duration uses the paper's GPU protocol (batch 256, "
-                               "lr 0.05); on a CPU, cpu-2m@TIME suits minutes. Commas run several."),
+                               "another time (cpu-2m@1m). A plain duration uses the paper's GPU protocol (batch "
+                               f"{TrainSettings.batch_size}, lr {TrainSettings.lr:g}); on a CPU, cpu-2m@TIME suits "
+                               "minutes. Commas run several."),
     layers: str = typer.Option("aol,standard", "--layers", "--layer", "-l",
                                help="Methods, comma-separated; wildcards allowed ('*', 'so*'). See `lipbench layers`."),
     sizes: str = typer.Option("XS", "--sizes", "--size", "-s", help="Model sizes: XS, S, M, L (ConvNet widths 16-128)."),
@@ -159,7 +161,8 @@ def cpu_protocol_hint(budgets: list[Budget], device: torch.device, overrides: di
     plain = [budget.name for budget in budgets if not budget.protocol]
     if device.type != "cpu" or not plain or {"lr", "batch_size"} & set(overrides):
         return None
-    return (f"--budget {plain[0]} trains with the paper's protocol (batch 256, lr 0.05), made for hours on a GPU; "
+    return (f"--budget {plain[0]} trains with the paper's protocol (batch {TrainSettings.batch_size}, "
+            f"lr {TrainSettings.lr:g}), made for hours on a GPU; "
             f"for minutes on a CPU, --budget cpu-2m@{plain[0]} uses a protocol tuned for them (see budgets/cpu-2m.yaml)")
 
 
