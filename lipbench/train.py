@@ -54,6 +54,7 @@ class TrainSettings:
     temperature: float = 0.25
     augment: bool = False
     precision: str = "fp32"  # or "bf16" (autocast)
+    max_steps: int = 0  # > 0: plan at most this many steps (a fixed amount of work, e.g. in tests); time still bounds it
 
 
 @dataclass
@@ -204,7 +205,8 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
     while True:
         now = time.perf_counter()
         if report.steps >= CALIBRATION_STEPS + 1 and report.steps >= next_replan:
-            report.steps_planned = world.least(report.steps + max(0, int((deadline - now) / step_time)))
+            fit = report.steps + max(0, int((deadline - now) / step_time))
+            report.steps_planned = world.least(min(fit, settings.max_steps) if settings.max_steps else fit)
             next_replan = report.steps + max(1, int(REPLAN_EVERY * report.steps_planned))
         if report.steps_planned and report.steps >= report.steps_planned:
             break
