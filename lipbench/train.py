@@ -208,7 +208,8 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
             fit = report.steps + max(0, int((deadline - now) / step_time))
             report.steps_planned = world.least(min(fit, settings.max_steps) if settings.max_steps else fit)
             next_replan = report.steps + max(1, int(REPLAN_EVERY * report.steps_planned))
-        if report.steps_planned and report.steps >= report.steps_planned:
+        limit = report.steps_planned or settings.max_steps  # before the first plan, max_steps alone caps the run
+        if limit and report.steps >= limit:
             break
         if world.any(now + (step_time if math.isfinite(step_time) else 0.0) > deadline):
             report.stopped_by = "deadline"

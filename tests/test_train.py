@@ -52,6 +52,15 @@ def test_training_honours_the_budget_within_5_percent():
     assert math.isfinite(report.final_loss) and report.train_throughput > 0
 
 
+@pytest.mark.parametrize("max_steps", [3, 12])  # before and after the plan made from the timed steps
+def test_max_steps_caps_the_run(max_steps):
+    data = make_synthetic(n_train=256, n_test=64)
+    model = create_model("aol", "XS", data.in_shape, data.n_classes)
+    report = train(model, lipbench.get_method("aol"), data, TrainSettings(budget_s=60, batch_size=16, max_steps=max_steps),
+                   torch.device("cpu"))
+    assert report.steps == report.steps_planned == max_steps and report.stopped_by == "plan"
+
+
 def test_divergence_raises():
     lipbench.load_plugin(str(PLUGINS / "nan_layer.py"))
     data = make_synthetic(n_train=256, n_test=64)
