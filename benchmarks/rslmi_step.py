@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from lipbench.model import create_model
+from lipbench.registry import create_model
 from lipbench.registry import get_method
 from lipbench.train import offset_cross_entropy
 

@@ -38,9 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbench.caching import eval_cached
-from lipbench.orthogonalize import (OrthonormalizedLinear, Shape, SingularValuesMixin, check_conv_options,
-                                    circular_pad, full_precision, orthogonality_certificate, orthonormalize,
-                                    transfer_matrices)
+from lipbench.contracts import Shape
+from lipbench.fourier import circular_pad, transfer_matrices
+from lipbench.layerkit import (OrthonormalizedLinear, SingularValuesMixin, check_conv_options, full_precision,
+                               orthogonality_certificate)
+from lipbench.linalg import orthonormalize
 from lipbench.registry import register_layer
 
 BJORCK_ITERATIONS = 20

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lipbench.caching import eval_cached
-from lipbench.orthogonalize import (Shape, SingularValuesMixin, adjoint_kernel, apply_dense, cayley_transform,
-                                    check_conv_options, eval_cached_per_shape, fourier_conv, full_precision,
-                                    orthogonality_certificate, skew_cayley, transfer_matrices)
+from lipbench.caching import eval_cached, eval_cached_per_shape
+from lipbench.contracts import Shape
+from lipbench.fourier import adjoint_kernel, fourier_conv, transfer_matrices
+from lipbench.layerkit import (SingularValuesMixin, apply_dense, check_conv_options, full_precision,
+                               orthogonality_certificate)
+from lipbench.linalg import cayley_transform, skew_cayley
 from lipbench.registry import register_layer
 
 

@@ -27,35 +27,23 @@ per input size.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lipbench.bounds import conv_norm, dense_norm
+from lipbench.caching import eval_cached_per_shape
+from lipbench.contracts import Shape
+from lipbench.fourier import adjoint_kernel, circular_pad
+from lipbench.layerkit import check_conv_options
 from lipbench.layers._residual import ResidualLayer, check_square
-from lipbench.orthogonalize import Shape, check_conv_options, eval_cached_per_shape
+from lipbench.linalg import power_iteration
 from lipbench.registry import register_layer
 
 TORUS_SIZE = 16
 INIT_ITERATIONS = 10
 TRAIN_ITERATIONS = 1
 EPS = 1e-12
-
-
-def power_iteration(apply: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor], Tensor],
-                    vector: Tensor, steps: int) -> Tensor:
-    """``steps`` power-iteration steps on A^T A from ``vector`` (without grad): the unit-norm iterate."""
-    with torch.no_grad():
-        for _ in range(steps):
-            vector = adjoint(apply(vector))
-            vector = vector / vector.norm().clamp_min(torch.finfo(vector.dtype).tiny)
-    return vector
-
-
-def circular_pad(x: Tensor, padding: int) -> Tensor:
-    return F.pad(x, (padding,) * 4, mode="circular") if padding else x
 
 
 class ConvexPotentialLayer(ResidualLayer):
@@ -81,7 +69,7 @@ class ConvexPotentialLayer(ResidualLayer):
     def apply_adjoint(self, v: Tensor) -> Tensor:
         if self.weight.dim() == 2:
             return F.linear(v, self.weight.T)
-        return F.conv2d(circular_pad(v, self.padding), self.weight.transpose(0, 1).flip(2, 3))
+        return F.conv2d(circular_pad(v, self.padding), adjoint_kernel(self.weight))
 
     def advance_power_iteration(self, steps: int) -> None:
         self.power_vector = power_iteration(self.apply_weight, self.apply_adjoint, self.power_vector, steps)

@@ -58,12 +58,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipbench.blocks import PadTo
 from lipbench.bounds import dense_norm
 from lipbench.caching import eval_cached
 from lipbench.errors import UserError
-from lipbench.manifold import METHODS, RiemannianOptimizer, orthogonality_error, with_tangent_gradient
-from lipbench.model import PadTo
-from lipbench.registry import OptimizerSettings, register_layer
+from lipbench.linalg import orthogonality_error
+from lipbench.manifold import METHODS, RiemannianOptimizer, with_tangent_gradient
+from lipbench.registry import LayerMethod, OptimizerSettings, register_layer, register_model
 
 ALPHA, BETA = 1 / 16, 0.75
 SIZES = {"XS": (4, 64), "S": (8, 128), "M": (16, 256), "L": (32, 512)}  # (depth, width)
@@ -258,11 +259,8 @@ class LipNeXt(nn.Module):
         Everything else (patching, p, β-Abs, L2 pooling) is 1-Lipschitz by construction."""
         return [self.stem, *(block.mixing for block in self.blocks), self.head]
 
-    def layer_bounds(self) -> list[float]:
-        return [layer.lipschitz_bound() for layer in self.method_layers()]
-
     def lipschitz_bound(self) -> float:
-        return math.prod(self.layer_bounds())
+        return math.prod(layer.lipschitz_bound() for layer in self.method_layers())
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -297,7 +295,10 @@ def make_config(size: str, **options: Any) -> LipNeXtConfig:
     return dataclasses.replace(defaults, **{k: coerce(v, getattr(defaults, k)) for k, v in options.items()})
 
 
-def build_model(size: str, in_shape: tuple[int, int, int], n_classes: int, **options: Any) -> LipNeXt:
+@register_model("lipnext", sizes=(*SIZES, *PAPER_SIZES), methods=("lipnext",), size_pattern=SIZE_PATTERN.pattern,
+                description="LipNeXt (Hu et al. 2026): patch stem, LipNeXt blocks, L2 pooling, orthogonal head")
+def build_model(method: LayerMethod, size: str, in_shape: tuple[int, int, int], n_classes: int,
+                **options: Any) -> LipNeXt:
     config = make_config(size, **options)
     if config.optimizer not in METHODS:
         raise UserError(f"lipnext optimizer must be one of {METHODS}, not {config.optimizer!r}")
@@ -348,7 +349,7 @@ def require(condition: bool, message: str) -> None:
 
 
 @register_layer("lipnext", family="orthogonal", padding="circular", exact=True, orthogonal=True, kinds=("conv",),
-                model=build_model, sizes=(*SIZES, *PAPER_SIZES), **HOOKS,
+                model="lipnext", **HOOKS,
                 description="LipNeXt block β-Abs(M Rᵀ S(R(x+p)) + b), manifold-trained (Hu et al. 2026)")
 def build_block(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                 alpha: float = ALPHA, beta: float = BETA, image_size: tuple[int, int] | None = None) -> nn.Module:

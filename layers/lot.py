@@ -34,9 +34,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lipbench.orthogonalize import (OrthonormalizedLinear, Shape, SingularValuesMixin, check_conv_options,
-                                    eval_cached_per_shape, fourier_conv, full_precision,
-                                    orthogonality_certificate, orthonormalize, transfer_matrices)
+from lipbench.caching import eval_cached_per_shape
+from lipbench.contracts import Shape
+from lipbench.fourier import fourier_conv, transfer_matrices
+from lipbench.layerkit import (OrthonormalizedLinear, SingularValuesMixin, check_conv_options, full_precision,
+                               orthogonality_certificate)
+from lipbench.linalg import orthonormalize
 from lipbench.registry import register_layer
 
 NEWTON_ITERATIONS = 10

@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbench.bounds import power_iteration_norm
-from lipbench.layers.standard import UNCONSTRAINED_PROTOCOL, BoundedConv2d, BoundedLinear
-from lipbench.model import input_shapes
+from lipbench.contracts import input_shapes
+from lipbench.layers._unconstrained import UNCONSTRAINED_PROTOCOL, BoundedConv2d, BoundedLinear
+from lipbench.linalg import dirac_or_orthogonal_init
 from lipbench.registry import register_layer
 
 ROUNDOFF = 1e-4  # a power-iteration norm must exceed sqrt(tau) by this much to prove a violation
@@ -148,23 +149,17 @@ class RSLMIConv2d(SketchedLMI, BoundedConv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, settings: SketchSettings):
         super().__init__(in_channels, out_channels, kernel_size, stride, settings=settings)
-        if kernel_size > 1 and in_channels == out_channels:
-            nn.init.dirac_(self.weight)
-        else:
-            nn.init.orthogonal_(self.weight)
-        nn.init.zeros_(self.bias)
+        dirac_or_orthogonal_init(self)
 
     def apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
         return self._conv_forward(x, weight, None)
 
 
 class RSLMILinear(SketchedLMI, BoundedLinear):
-    """Dense layer; lipschitz_bound (exact SVD) comes from BoundedLinear."""
+    """Dense layer; orthogonal init and lipschitz_bound (exact SVD) come from BoundedLinear."""
 
     def __init__(self, in_features: int, out_features: int, settings: SketchSettings):
         super().__init__(in_features, out_features, settings=settings)
-        nn.init.orthogonal_(self.weight)
-        nn.init.zeros_(self.bias)
 
     def apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight)
@@ -176,7 +171,7 @@ _SHAPES: WeakKeyDictionary[nn.Module, list[tuple[nn.Module, tuple[int, ...]]]] =
 def sketched_layers(model: nn.Module) -> list[tuple[SketchedLMI, tuple[int, ...]]]:
     """(layer, input shape) of the model's RS-LMI layers, traced once per model."""
     if model not in _SHAPES:
-        _SHAPES[model] = [(layer, shape) for layer, shape in input_shapes(model, model.in_shape)
+        _SHAPES[model] = [(layer, shape) for layer, shape in input_shapes(model)
                           if isinstance(layer, SketchedLMI)]
     return _SHAPES[model]
 

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from lipbench.caching import eval_cached
 from lipbench.layers._residual import ResidualLayer, check_square
-from lipbench.orthogonalize import Shape, check_conv_options
+from lipbench.contracts import Shape
+from lipbench.layerkit import check_conv_options
 from lipbench.registry import register_layer
 
 EPS = 1e-12

@@ -41,10 +41,12 @@ import torch
 from torch import Tensor, nn
 
 from lipbench.bounds import conv_norm, dense_norm
-from lipbench.caching import eval_cached
-from lipbench.layers.cpl import power_iteration
-from lipbench.orthogonalize import (Shape, apply_dense, check_conv_options, eval_cached_per_shape,
-                                    fourier_conv)
+from lipbench.caching import eval_cached, eval_cached_per_shape
+from lipbench.contracts import Shape
+from lipbench.fourier import (fourier_conv, from_spectrum_by_frequency, skew_kernel, spectrum_by_frequency,
+                              transfer_matrices_by_dft)
+from lipbench.layerkit import apply_dense, check_conv_options
+from lipbench.linalg import power_iteration, taylor_polynomial, taylor_tail_bound
 from lipbench.registry import register_layer
 
 TRAIN_DEGREE = 5
@@ -54,73 +56,11 @@ INIT_ITERATIONS = 50
 TRAIN_ITERATIONS = 1
 
 
-def transfer_matrices_by_dft(kernel: Tensor, size: Shape) -> Tensor:
-    """:func:`lipbench.orthogonalize.transfer_matrices` (h, w//2 + 1, out, in), computed as a DFT
-    over the k x k taps (one small matrix product) instead of an FFT of the kernel zero-padded to
-    h x w: with its backward, about 15x cheaper for 3x3 kernels on 16 x 16 inputs.
-
-    A(f) = sum_p K[p] exp(2 pi i <f, p - centre>), the transfer matrix of the cross-correlation.
-    """
-    height, width = size
-    kernel_height, kernel_width = kernel.shape[-2:]
-    options = {"dtype": kernel.dtype, "device": kernel.device}
-    row_offsets = torch.arange(kernel_height, **options) - kernel_height // 2
-    col_offsets = torch.arange(kernel_width, **options) - kernel_width // 2
-    angles = 2 * math.pi * (torch.fft.fftfreq(height, **options)[:, None, None, None] * row_offsets[:, None]
-                            + torch.fft.rfftfreq(width, **options)[:, None, None] * col_offsets)
-    phases = torch.polar(torch.ones_like(angles), angles).flatten(2)  # (h, w//2 + 1, kh * kw)
-    taps = kernel.flatten(2).permute(2, 0, 1).flatten(1).to(phases.dtype)  # (kh * kw, out * in)
-    return (phases @ taps).unflatten(-1, kernel.shape[:2])
-
-
-def batch_spectrum(x: Tensor, channels: int) -> Tensor:
-    """rfft2 of x (batch, in, h, w) as (h * (w//2 + 1), batch, channels), zero-padded channels."""
-    spectrum = torch.fft.rfft2(x).flatten(2).permute(2, 0, 1)
-    return torch.nn.functional.pad(spectrum, (0, channels - x.shape[1])).contiguous()
-
-
-def from_batch_spectrum(spectrum: Tensor, size: Shape) -> Tensor:
-    """The inverse of :func:`batch_spectrum`, as in :func:`lipbench.orthogonalize.fourier_conv`."""
-    height, width = size
-    columns = torch.fft.ifft(spectrum.unflatten(0, (height, width // 2 + 1)), dim=0)
-    return torch.fft.irfft(columns.permute(2, 3, 0, 1), n=width, dim=-1)
-
-
-def skew_symmetric(kernel: Tensor) -> Tensor:
-    """(M - M*) / 2: the kernel of a skew-symmetric convolution (a skew matrix for 1x1)."""
-    return 0.5 * (kernel - kernel.transpose(0, 1).flip(2, 3))
-
-
 def norm_reshapings(kernel: Tensor) -> tuple[Tensor, Tensor]:
     """The kernel (out, in, h, w) as (out*h, in*w) and (out, in*h*w) matrices."""
     out_channels, in_channels, height, width = kernel.shape
     return (kernel.permute(0, 2, 1, 3).reshape(out_channels * height, in_channels * width),
             kernel.reshape(out_channels, -1))
-
-
-def taylor_polynomial(matrices: Tensor, degree: int) -> Tensor:
-    """sum_{j<=degree} A^j / j! for a batch (..., n, n) of matrices, by Horner's scheme.
-
-    Written as U_d = A / d! + I / (d-1)!, U_j = A U_(j+1) + I / (j-1)!, so that U_1 is the sum
-    and each step adds to the diagonal only (no full-size scaling or addition).
-    """
-    result = matrices / math.factorial(degree)
-    result.diagonal(dim1=-2, dim2=-1).add_(1 / math.factorial(degree - 1))
-    for j in range(degree - 1, 0, -1):
-        result = matrices @ result
-        result.diagonal(dim1=-2, dim2=-1).add_(1 / math.factorial(j - 1))
-    return result
-
-
-def taylor_tail_bound(norm: float, terms: int) -> float:
-    """An upper bound of sum_{j>=terms} norm^j / j!: the terms summed until they are negligible
-    and their ratio norm / (j + 1) is below 1, the rest bounded by a geometric series; the
-    factor 1 + 1e-13 covers the round-off of the float64 sum."""
-    term, total, j = norm ** terms / math.factorial(terms), 0.0, terms
-    while norm >= j + 1 or term > 1e-17 * total:
-        total, j = total + term, j + 1
-        term *= norm / j
-    return (total + term / (1 - norm / (j + 1))) * (1 + 1e-13)
 
 
 class SkewOrthogonal(nn.Module):
@@ -139,13 +79,13 @@ class SkewOrthogonal(nn.Module):
         self.advance_normalization(INIT_ITERATIONS)
 
     def advance_normalization(self, steps: int) -> None:
-        by_rows, by_channels = norm_reshapings(skew_symmetric(self.weight.detach()))
+        by_rows, by_channels = norm_reshapings(skew_kernel(self.weight.detach()))
         self.rows_vector = power_iteration(by_rows.mv, by_rows.T.mv, self.rows_vector, steps)
         self.channels_vector = power_iteration(by_channels.mv, by_channels.T.mv, self.channels_vector, steps)
 
     def generator(self) -> Tensor:
         """The kernel of A = c S / nu."""
-        kernel = skew_symmetric(self.weight)
+        kernel = skew_kernel(self.weight)
         by_rows, by_channels = norm_reshapings(kernel)
         estimate = torch.minimum((by_rows @ self.rows_vector).norm(), (by_channels @ self.channels_vector).norm())
         return kernel * (self.correction / estimate.clamp_min(torch.finfo(kernel.dtype).tiny))
@@ -175,11 +115,11 @@ class SOCConv2d(SkewOrthogonal):
         """p_d(A) x by Horner's scheme on the batch's spectrum, v <- A v + x / j!: d products of
         size batch x C^2 per frequency instead of the C^3 ones that build p_d(A)."""
         generator = transfer_matrices_by_dft(self.generator(), x.shape[-2:]).flatten(0, 1).mT
-        spectrum = batch_spectrum(x, generator.shape[-1])  # (frequencies, batch, channels)
+        spectrum = spectrum_by_frequency(x, generator.shape[-1])  # (frequencies, batch, channels)
         result = spectrum / math.factorial(self.degree())
         for j in range(self.degree() - 1, -1, -1):
             result = torch.baddbmm(spectrum, result, generator, beta=1 / math.factorial(j))
-        return from_batch_spectrum(result[..., :self.out_channels], x.shape[-2:])
+        return from_spectrum_by_frequency(result[..., :self.out_channels], x.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:

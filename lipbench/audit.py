@@ -57,11 +57,12 @@ from lipbench.bounds import circular_conv_norm, conv_norm, dense_norm, operator_
 from lipbench.certify import EPSILONS, certificate, certified_accuracy, evaluate, margins
 from lipbench.data import Dataset, copy_to, load_dataset
 from lipbench.errors import UserError
-from lipbench.job import CONFIG_NAME, MODEL_NAME, resolve_device
-from lipbench.model import create_model, input_shapes, layer_bound
+from lipbench.contracts import input_shapes, layer_bound
+from lipbench.device import resolve_device
+from lipbench.job import CONFIG_NAME, MODEL_NAME
 from lipbench.plan import JobConfig
 from lipbench.records import RECORD_NAME, write_json_atomic
-from lipbench.registry import LayerMethod, get_method, list_layers, load_plugin
+from lipbench.registry import LayerMethod, create_model, get_method, list_layers, load_plugin
 
 DENSE_LIMIT = 1024  # inputs up to this many numbers get the exact impulse-response SVD
 PROBES = 8
@@ -240,10 +241,10 @@ def model_layer_bounds(model: nn.Module, method: LayerMethod, dense_limit: int =
         return [{"index": 0, "layer": type(model).__name__, "input_shape": list(model.in_shape),
                  "declared": bound, **asdict(LayerBound(bound, how, False))}]
     rows = []
-    for index, (layer, shape) in enumerate(input_shapes(model, model.in_shape)):
+    for index, (layer, shape) in enumerate(input_shapes(model)):
         audited = sound_layer_bound(layer, shape, dense_limit, seed=index)
         rows.append({"index": index, "layer": type(layer).__name__, "input_shape": list(shape),
-                     "declared": layer_bound(layer, shape, method), **asdict(audited)})
+                     "declared": layer_bound(layer, shape, method.bound), **asdict(audited)})
     return rows
 
 
@@ -553,7 +554,8 @@ def audit_checkpoint(checkpoint: Path, config: JobConfig, record: dict[str, Any]
     method = method_of(config)
     target = resolve_device(device or config.device)
     data = copy_to(cached_dataset(config.dataset, data_dir or config.data_dir), target)
-    model = create_model(config.layer, config.size, data.in_shape, data.n_classes, **config.layer_options)
+    model = create_model(config.layer, config.size, data.in_shape, data.n_classes, config.model or None,
+                         **config.layer_options)
     try:
         model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     except (RuntimeError, ValueError, OSError) as error:

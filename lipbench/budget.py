@@ -22,12 +22,10 @@ from typing import Any
 import yaml
 
 from lipbench.errors import UserError
+from lipbench.settings import PROTOCOL_KEYS, check_setting, check_settings
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhd]))")
-PROTOCOL_KEYS = {"batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
-                 "offset": float, "temperature": float, "augment": bool, "precision": str}
-TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 PRESET_KEYS = {"budget", "description", "methods", *PROTOCOL_KEYS}
 
 
@@ -51,9 +49,7 @@ def parse_duration(text: str) -> float:
     else:
         raise UserError(f"malformed budget {text!r}: write a duration like 30s, 2m, 1h30m or 10h, "
                         f"or a preset name ({', '.join(preset_names())})")
-    if seconds <= 0:
-        raise UserError(f"budget {text!r} must be positive")
-    return seconds
+    return check_setting("budget_s", seconds, f"budget {text!r}", allowed=("budget_s",))
 
 
 def preset_names() -> list[str]:
@@ -98,20 +94,10 @@ def parse_preset(name: str, text: str, origin: str) -> Budget:
     if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
         raise UserError(f"{origin}: `methods:` must map method names to settings, e.g. methods: {{lot: {{lr: 0.005}}}}")
     return Budget(name=name, seconds=parse_duration(str(document["budget"])),
-                  protocol=typed_settings({k: v for k, v in document.items() if k in PROTOCOL_KEYS}, origin),
-                  per_method={m: typed_settings(v, f"{origin} (methods.{m})") for m, v in methods.items()})
+                  protocol=check_settings({k: v for k, v in document.items() if k in PROTOCOL_KEYS}, origin),
+                  per_method={m: check_settings(v, f"{origin} (methods.{m})") for m, v in methods.items()})
 
 
-def typed_settings(settings: dict[str, Any], origin: str) -> dict[str, Any]:
-    typed = {}
-    for key, value in settings.items():
-        if key not in PROTOCOL_KEYS:
-            raise UserError(f"{origin}: unknown setting {key!r}; allowed: {sorted(PROTOCOL_KEYS)}")
-        try:
-            typed[key] = PROTOCOL_KEYS[key](value)
-        except (TypeError, ValueError):
-            raise UserError(f"{origin}: {key} must be {TYPE_WORDS[PROTOCOL_KEYS[key]]}, got {value!r}") from None
-    return typed
 
 
 def format_duration(seconds: float) -> str:

@@ -44,3 +44,26 @@ def eval_cached(compute: Callable[[nn.Module], T]) -> Callable[[nn.Module], T]:
         return value
 
     return cached
+
+
+def eval_cached_per_shape(compute: Callable[[nn.Module, tuple[int, ...]], T]) -> Callable[[nn.Module, tuple[int, ...]], T]:
+    """Decorate ``compute(module, shape)``: recomputed in training mode; in eval mode memoized per shape
+    (without grad) until a parameter or buffer changes, as :func:`eval_cached` does."""
+
+    def table(module: nn.Module) -> dict[tuple[int, ...], T]:
+        return {}
+
+    table.__name__ = f"{compute.__name__}_per_shape"
+    table = eval_cached(table)
+
+    @functools.wraps(compute)
+    def cached(module: nn.Module, shape: tuple[int, ...]) -> T:
+        if module.training:
+            return compute(module, shape)
+        memo, shape = table(module), tuple(shape)
+        if shape not in memo:
+            with torch.no_grad():
+                memo[shape] = compute(module, shape)
+        return memo[shape]
+
+    return cached

@@ -8,7 +8,6 @@ most L * eps, which shrinks a margin by at most sqrt(2) * L * eps.
 from __future__ import annotations
 
 import math
-import resource
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lipbench.registry import LayerMethod
-from lipbench.train import synchronize
+from lipbench.device import synchronize
 
 EPSILONS = {"cra_36": 36 / 255, "cra_72": 72 / 255, "cra_108": 108 / 255, "cra_255": 1.0}
 
@@ -68,15 +67,3 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: i
         "cache_seconds": max(0.0, times[0] - sorted(steady)[len(steady) // 2]),
     }
     return torch.cat(all_margins), timing
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """The device's own peak-memory counter: the CUDA allocator's peak, or this process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"

@@ -28,14 +28,14 @@ from typing import Any
 
 import torch
 
-from lipbench.certify import (certificate, certified_accuracy, evaluate, peak_memory_mb,
-                              reset_peak_memory)
+from lipbench.certify import certificate, certified_accuracy, evaluate
+from lipbench.contracts import count_parameters
 from lipbench.data import Dataset, copy_to, holdout_split, load_dataset
 from lipbench.distributed import World, launch, requested_processes
-from lipbench.model import count_parameters, create_model
+from lipbench.device import peak_memory_mb, reset_peak_memory, resolve_device
 from lipbench.plan import JobConfig
 from lipbench.records import RECORD_NAME, clean_numbers, environment, write_json_atomic
-from lipbench.registry import LayerMethod, get_method, load_plugin
+from lipbench.registry import LayerMethod, create_model, get_method, load_plugin
 from lipbench.train import TrainingDiverged, train
 
 CONFIG_NAME, EVENTS_NAME, MODEL_NAME = "config.json", "events.jsonl", "model.pt"
@@ -44,13 +44,6 @@ LOCKED_EXIT = 75
 FOREIGN_LOCK_STALE_S = 1800  # a lock from another host whose job logged nothing for this long is stale
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but no CUDA device is visible")
-    return device
 
 
 def now_iso() -> str:
@@ -73,7 +66,8 @@ def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Mo
     if config.holdout:
         data = holdout_split(data, config.holdout, config.seed)
     data = copy_to(data, device)
-    model = create_model(config.layer, config.size, data.in_shape, data.n_classes, **config.layer_options).to(device)
+    model = create_model(config.layer, config.size, data.in_shape, data.n_classes, config.model or None,
+                         **config.layer_options).to(device)
     return data, model
 
 
@@ -99,7 +93,7 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
         data, model = build(config, device)
         record["params"], record["n_classes"] = count_parameters(model), data.n_classes
         reset_peak_memory(device)
-        report = train(model, method, data, config.train_settings(), device, config.seed, log,
+        report = train(model, method, data, config, device, config.seed, log,
                        checkpoint=job_dir / CHECKPOINT_NAME, world=world)
         record.update(train_seconds=report.train_seconds, epochs_planned=report.epochs_planned,
                       resumed_at_step=report.resumed_at_step, step_seconds=report.step_seconds,
@@ -159,7 +153,7 @@ def train_replica(config: JobConfig, job_dir: Path, world: World) -> None:
     torch.manual_seed(config.seed)
     data, model = build(config, device)
     try:
-        train(model, get_method(config.layer), data, config.train_settings(), device, config.seed,
+        train(model, get_method(config.layer), data, config, device, config.seed,
               checkpoint=job_dir / CHECKPOINT_NAME, world=world)
     except TrainingDiverged:
         pass  # all ranks see the same (averaged) loss, so rank 0 diverged too and records it

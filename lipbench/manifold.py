@@ -16,9 +16,9 @@ A truncated series of a skew S is not exactly orthogonal: T_k(S)ᵀT_k(S) - I is
 accumulate as drift, which two things remove:
 
 * polar retraction ``X <- U Vᵀ`` (from the SVD X = U Σ Vᵀ, the nearest orthogonal matrix) every
-  ``retraction_interval`` steps (the lipnext hook sets one epoch);
+  ``retraction_interval`` steps (the lipnext hook: every 100 steps or every epoch, whichever is first);
 * nothing else needs to: a certificate must use the exact norms of the actual weights (the drift
-  costs tightness, never soundness), see :func:`orthogonality_error`.
+  costs tightness, never soundness), see :func:`lipbench.linalg.orthogonality_error`.
 
 Lookahead in the tangent space (``lookahead_steps`` = K > 0): slow weights start at X; after
 every K fast steps they move by ``X_slow <- X_slow · FastExp(α Σ_{last K} (-η U))`` (α = 1/2 by
@@ -34,28 +34,16 @@ autocast, so bf16 training keeps its weights on the manifold.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 
+from lipbench.linalg import polar, skew, taylor_polynomial
+
 TAYLOR_ORDERS = ((0.05, 2), (0.25, 3), (1.0, 4))  # (‖S‖_F below, Taylor order)
 METHODS = ("sgd", "adam")
 MANIFOLD_DTYPES = (torch.float32, torch.float64)
-
-
-def skew(matrix: Tensor) -> Tensor:
-    return (matrix - matrix.mT) / 2
-
-
-def taylor_exp(matrix: Tensor, order: int) -> Tensor:
-    """Σ_{n<=order} S^n / n!, in Horner form (order - 1 matrix products)."""
-    identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    result = identity + matrix / order
-    for n in range(order - 1, 0, -1):
-        result = identity + matrix @ result / n
-    return result
 
 
 def taylor_order(norm: float) -> int | None:
@@ -66,12 +54,7 @@ def taylor_order(norm: float) -> int | None:
 def fast_exp(matrix: Tensor) -> Tensor:
     """exp(S) by a Taylor series truncated by ‖S‖_F (the largest over a batch), exact above 1."""
     order = taylor_order(float(torch.linalg.matrix_norm(matrix).max()))
-    return torch.linalg.matrix_exp(matrix) if order is None else taylor_exp(matrix, order)
-
-
-def taylor_tail(norm: float, order: int) -> float:
-    """Bound of ‖exp(S) - T_order(S)‖ for ‖S‖ = ``norm`` in any submultiplicative norm."""
-    return math.exp(norm) - sum(norm ** n / math.factorial(n) for n in range(order + 1))
+    return torch.linalg.matrix_exp(matrix) if order is None else taylor_polynomial(matrix, order)
 
 
 def tangent_projection(point: Tensor, grad: Tensor) -> Tensor:
@@ -102,22 +85,6 @@ def with_tangent_gradient(point: Tensor) -> Tensor:
     drifts by O(η²) and never shrinks a singular value, instead of following the radial part of G.
     """
     return TangentGradient.apply(point)
-
-
-def polar(matrix: Tensor) -> Tensor:
-    """The orthogonal factor U Vᵀ of the SVD (the nearest orthogonal matrix in Frobenius norm).
-
-    Computed in float64: a float32 SVD leaves its factors only ~d·2^-24 from orthogonal.
-    """
-    left, _, right = torch.linalg.svd(matrix.to(torch.float64))
-    return (left @ right).to(matrix.dtype)
-
-
-def orthogonality_error(matrix: Tensor) -> float:
-    """‖XᵀX - I‖_2 in float64. A matrix with error e has ‖X‖_2 = sqrt(1 + e) at most."""
-    x = matrix.detach().to(torch.float64)
-    gram = x.mT @ x
-    return float(torch.linalg.matrix_norm(gram - torch.eye(x.shape[-1], dtype=x.dtype, device=x.device), ord=2))
 
 
 def momentum_direction(state: dict[str, Any], grad: Tensor, momentum: float, nesterov: bool) -> Tensor:

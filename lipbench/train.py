@@ -31,9 +31,10 @@ from torch import Tensor, nn
 
 from lipbench.data import Dataset
 from lipbench.distributed import World
+from lipbench.device import synchronize
 from lipbench.registry import LayerMethod, OptimizerSettings
+from lipbench.settings import TrainSettings
 
-EPSILON_36 = 36 / 255
 CALIBRATION_STEPS = 5
 REPLAN_EVERY = 0.05  # of the plan
 SYNC_EVERY = 10  # steps between device synchronizations (CUDA) for deadline checks
@@ -43,18 +44,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    budget_s: float
-    batch_size: int = 256
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    offset: float = math.sqrt(2) * 2 * EPSILON_36  # the paper's offset cross-entropy margin
-    temperature: float = 0.25
-    augment: bool = False
-    precision: str = "fp32"  # or "bf16" (autocast)
-    max_steps: int = 0  # > 0: plan at most this many steps (a fixed amount of work, e.g. in tests); time still bounds it
 
 
 @dataclass
@@ -125,9 +114,6 @@ def augment_batch(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor
     return torch.where(flip, cropped.flip(-1), cropped)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Batches:

@@ -14,7 +14,8 @@ from lipbench.audit import audit_model, sound_layer_bound
 from lipbench.bounds import conv_norm, dense_norm
 from lipbench.data import make_synthetic
 from lipbench.job import run_job
-from lipbench.model import ConvNet, create_model
+from lipbench.models.convnet import ConvNet
+from lipbench.registry import create_model
 from lipbench.plan import JobConfig
 from lipbench.registry import get_method, load_plugin, unregister_layer
 

@@ -11,7 +11,7 @@ import lipbench.train
 from lipbench.data import make_synthetic
 from lipbench.distributed import World, check_batch_sizes, launch
 from lipbench.errors import UserError
-from lipbench.model import create_model
+from lipbench.registry import create_model
 from lipbench.registry import get_method
 from lipbench.train import TrainSettings, train
 

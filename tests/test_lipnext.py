@@ -9,9 +9,9 @@ import torch
 import lipbench
 from lipbench.bounds import operator_matrix, singular_values
 from lipbench.errors import UserError
-from lipbench.model import ConvNet
+from lipbench.models.convnet import ConvNet
 from lipbench.layers.lipnext import (BetaAbs, LipNeXt, LipNeXtBlock, OrthogonalLinear, ShiftedMixing, SpatialShift,
-                                     build_model, certify, l2_pool, make_config, orthogonal_parameters, parse_size,
+                                     certify, l2_pool, make_config, orthogonal_parameters, parse_size,
                                      shift_group_size)
 from lipbench.registry import OptimizerSettings
 
@@ -172,7 +172,7 @@ def test_optimizer_hook_groups_orthogonal_and_other_parameters():
 
 @pytest.mark.parametrize("in_shape", [(1, 28, 28), (3, 32, 32)])
 def test_model_builds_for_benchmark_inputs(in_shape):
-    model = lipbench.registry.get_method("lipnext").model(size="XS", in_shape=in_shape, n_classes=10, alpha="0")
+    model = lipbench.create_model("lipnext", "XS", in_shape, 10, alpha="0")
     assert model.config.alpha == 0.0 and model.config.depth == 4 and model.config.width == 64
     assert model(torch.zeros(2, *in_shape)).shape == (2, 10)
 
@@ -180,19 +180,19 @@ def test_model_builds_for_benchmark_inputs(in_shape):
 def test_paper_sizes_build_without_memory():
     assert parse_size("L32W1024") == (32, 1024) and parse_size("S") == (8, 128)
     with torch.device("meta"):
-        model = build_model("L32W2048", (3, 32, 32), 1000)
+        model = lipbench.create_model("lipnext", "L32W2048", (3, 32, 32), 1000)
     matrices = sum(p.numel() for p in orthogonal_parameters(model))
     assert matrices == 2 * 32 * 2048 ** 2 + 2048 ** 2 + 2048 ** 2  # blocks, stem (48 -> 2048), head
-    assert set(lipbench.get_method("lipnext").sizes) >= {"XS", "S", "L32W1024", "L32W2048"}
+    assert set(lipbench.registry.model_family("lipnext").sizes) >= {"XS", "S", "L32W1024", "L32W2048"}
 
 
 def test_bad_options_fail_clearly():
     with pytest.raises(UserError, match="unknown lipnext options"):
-        build_model("XS", (1, 28, 28), 10, gamma=1)
+        lipbench.create_model("lipnext", "XS", (1, 28, 28), 10, gamma=1)
     with pytest.raises(UserError, match="size"):
-        build_model("XXL", (1, 28, 28), 10)
+        lipbench.create_model("lipnext", "XXL", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="alpha"):
-        build_model("XS", (1, 28, 28), 10, alpha=0.5)
+        lipbench.create_model("lipnext", "XS", (1, 28, 28), 10, alpha=0.5)
 
 
 def test_registered_layers():

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from lipbench.bounds import operator_matrix, singular_values
-from lipbench.model import MaxMin, count_parameters, create_model
+from lipbench.blocks import MaxMin
+from lipbench.contracts import count_parameters
+from lipbench.registry import create_model
 
 
 @pytest.mark.parametrize("size, millions", [("XS", 1.57), ("S", 6.28), ("M", 25.1)])

@@ -10,10 +10,10 @@ import lipbench
 from lipbench.bounds import circular_conv_norm, operator_matrix, singular_values
 from lipbench.layers.bcop import BCOPConv2d, block_orthogonal_kernel, rank_half_projectors, times_two_tap
 from lipbench.layers.lot import LOTConv2d
-from lipbench.model import ConvNet
-from lipbench.orthogonalize import (adjoint_kernel, cayley_transform, circular_pad, eval_cached_per_shape,
-                                    extreme_singular_values, fourier_conv, gram_norm_bound, orthonormalize,
-                                    skew_cayley, transfer_matrices)
+from lipbench.models.convnet import ConvNet
+from lipbench.caching import eval_cached_per_shape
+from lipbench.fourier import adjoint_kernel, circular_pad, extreme_singular_values, fourier_conv, transfer_matrices
+from lipbench.linalg import cayley_transform, gram_norm_bound, orthonormalize, skew_cayley
 
 METHODS = ["bcop", "cayley", "lot"]
 DOUBLE = dict(dtype=torch.float64)

@@ -83,14 +83,36 @@ def test_plugin_file_registers_and_a_broken_plugin_only_warns(tmp_path):
         assert "zz-plugin" in lipbench.list_layers()
     finally:
         registry.unregister_layer("zz-plugin")
-    with pytest.warns(UserWarning, match="failed to load"):
+    with pytest.raises(lipbench.UserError, match="--plugin no_such_module_anywhere failed to load"):
         lipbench.load_plugin("no_such_module_anywhere")
+    with pytest.raises(lipbench.UserError, match="no such file"):
+        lipbench.load_plugin(str(tmp_path / "missing.py"))
+
+
+def test_a_plugin_that_fails_halfway_leaves_nothing_registered(tmp_path):
+    halfway = tmp_path / "halfway_plugin.py"
+    halfway.write_text(textwrap.dedent("""
+        from torch import nn
+        import lipbench
+
+        @lipbench.register_layer("zz-first", family="test", padding="zero", exact=True, kinds=("linear",))
+        def first(kind, in_channels, out_channels, kernel_size=None, stride=None):
+            return nn.Linear(in_channels, out_channels)
+
+        @lipbench.register_layer("aol", family="test", padding="zero", exact=True)
+        def clash(kind, in_channels, out_channels, kernel_size=None, stride=None):
+            return nn.Linear(in_channels, out_channels)
+    """))
+    with pytest.raises(lipbench.UserError, match="'aol' is already registered"):
+        lipbench.load_plugin(str(halfway))
+    assert "zz-first" not in lipbench.list_layers()
+    assert lipbench.get_method("aol").build.__module__ == "lipbench.layers.aol"
 
 
 def test_entry_point_plugins_load_lazily_and_failures_warn(monkeypatch):
-    broken = EntryPoint(name="broken", value="no_such_module_xyz:thing", group=registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points", lambda group: [broken] if group == registry.ENTRY_POINT_GROUP else [])
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    broken = EntryPoint(name="broken", value="no_such_module_xyz:thing", group=registry.LAYERS.group)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [broken] if group == registry.LAYERS.group else [])
+    monkeypatch.setattr(registry, "_loaded", False)
     with pytest.warns(UserWarning, match="plugin 'broken'"):
         names = lipbench.list_layers()
     assert "aol" in names
@@ -107,8 +129,8 @@ def test_a_method_protocol_sits_between_the_preset_and_its_per_method_entries(sc
     from lipbench.budget import load_budget
     from lipbench.plan import expand
 
-    scratch_layer("steady", protocol={"lr": "0.01"})
-    assert lipbench.get_method("steady").protocol == {"lr": 0.01}  # typed like a preset's settings
+    scratch_layer("steady", protocol={"lr": 0.01})
+    assert lipbench.get_method("steady").protocol == {"lr": 0.01}
 
     def lr(budget, overrides=None):
         (job,) = expand(["steady"], ["XS"], ["synthetic"], [budget], [0], overrides or {})
@@ -126,6 +148,8 @@ def test_a_method_protocol_sits_between_the_preset_and_its_per_method_entries(sc
 def test_a_misspelt_method_protocol_fails_at_registration(scratch_layer):
     with pytest.raises(lipbench.UserError, match="layer 'wobbly': protocol: unknown setting 'learning_rate'"):
         scratch_layer("wobbly", protocol={"learning_rate": 0.01})
+    with pytest.raises(lipbench.UserError, match="layer 'wobbly': protocol: lr must be a number"):
+        scratch_layer("wobbly", protocol={"lr": "0.01"})  # types are exact: a string is no number
     assert "wobbly" not in lipbench.list_layers()
 
 

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 import lipbench
 from lipbench.bounds import conv_norm, dense_norm, operator_matrix, singular_values
 from lipbench.layers.aol import aol_scale_conv, aol_scale_dense
-from lipbench.layers.cpl import power_iteration
 from lipbench.layers.sll import sll_diagonal
-from lipbench.layers.soc import (taylor_polynomial, taylor_tail_bound, transfer_matrices_by_dft)
-from lipbench.model import create_model
-from lipbench.orthogonalize import fourier_conv, transfer_matrices
+from lipbench.registry import create_model
+from lipbench.fourier import fourier_conv, transfer_matrices, transfer_matrices_by_dft
+from lipbench.linalg import power_iteration, taylor_polynomial, taylor_tail_bound
 
 
 def layer(name: str, kind: str, channels: int, kernel_size: int | None = 3, out_channels: int | None = None):

@@ -10,7 +10,7 @@ from torch import nn
 import lipbench
 from lipbench.bounds import operator_matrix, singular_values
 from lipbench.layers.rslmi import orthonormal_sketch, psd_violation, sketched_layers, sketched_lmi
-from lipbench.model import create_model
+from lipbench.registry import create_model
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import lipbench
 from lipbench.certify import certified_accuracy, margins
 from lipbench.data import load_dataset, make_synthetic
-from lipbench.model import create_model
+from lipbench.registry import create_model
 from lipbench.train import TrainSettings, TrainingDiverged, offset_cross_entropy, one_cycle_lr, train
 
 PLUGINS = Path(__file__).parent / "plugins"

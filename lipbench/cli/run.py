@@ -18,13 +18,14 @@ from lipbench.distributed import World, check_batch_sizes
 from lipbench.errors import UserError
 from lipbench.executors import create_executor, load_slurm_settings, run_sweep
 from lipbench.audit import audit_job
-from lipbench.job import MODEL_NAME, resolve_device
+from lipbench.device import resolve_device
+from lipbench.job import MODEL_NAME
 from lipbench.plan import JobConfig, expand
 from lipbench.records import environment
-from lipbench.registry import get_method, load_plugin, resolve_layers
+from lipbench.registry import load_plugin, model_family, resolve_layers
 from lipbench.runner import (FINISHED, RetryPolicy, calibration_key, existing_record, existing_status, job_dir,
                              read_calibration, write_sweep)
-from lipbench.train import TrainSettings
+from lipbench.settings import TrainSettings
 
 console = Console()
 
@@ -168,9 +169,9 @@ def cpu_protocol_hint(budgets: list[Budget], device: torch.device, overrides: di
 
 def report_missing_sizes(names: list[str], sizes: list[str]) -> None:
     for name in names:
-        missing = [s for s in sizes if s not in get_method(name).sizes]
+        missing = [s for s in sizes if not model_family(name).accepts(s)]
         if missing:
-            console.print(f"[yellow]{name} has no size {', '.join(missing)} (it offers {', '.join(get_method(name).sizes)})"
+            console.print(f"[yellow]{name} has no size {', '.join(missing)} (it offers {', '.join(model_family(name).sizes)})"
                           f"; those jobs are left out[/]")
 
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 import lipbench
 from lipbench.layers.aol import AOLConv2d, AOLLinear
-from lipbench.model import ConvNet
+from lipbench.models.convnet import ConvNet
 
 GAIN = 1.1
 WIDTH = 4
@@ -25,12 +25,13 @@ class BrokenAOLLinear(AOLLinear):
         return GAIN * super().forward(x)
 
 
-def small_convnet(size: str, in_shape: tuple[int, int, int], n_classes: int, **options) -> nn.Module:
-    return ConvNet(lipbench.get_method("test-broken"), WIDTH, in_shape, n_classes, **options)
+@lipbench.register_model("test-broken-convnet", sizes=("XS", "S", "M", "L"), methods=("test-broken",))
+def small_convnet(method, size: str, in_shape: tuple[int, int, int], n_classes: int, **options) -> nn.Module:
+    return ConvNet(method, WIDTH, in_shape, n_classes, **options)
 
 
 @lipbench.register_layer("test-broken", family="test", padding="circular", exact=True, bound=1.0,
-                         model=small_convnet, description="AOL x 1.1 declaring 1: the audit must catch it")
+                         model="test-broken-convnet", description="AOL x 1.1 declaring 1: the audit must catch it")
 def build(kind, in_channels, out_channels, kernel_size=3, stride=1):
     if kind == "linear":
         return BrokenAOLLinear(in_channels, out_channels)

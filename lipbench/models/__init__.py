@@ -1,0 +1,12 @@
+"""Built-in model families. Importing this package registers every one of them.
+
+Each module here registers through :func:`lipbench.register_model`, exactly as a plugin would.
+Families that belong to one method (LipNeXt's network) register in that method's module in
+``lipbench.layers``.
+"""
+from importlib import import_module
+from pkgutil import iter_modules
+
+for _module in iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        import_module(f"{__name__}.{_module.name}")

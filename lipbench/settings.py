@@ -1,0 +1,99 @@
+"""The training settings, declared once: :class:`TrainSettings`.
+
+Its fields are the keys a budget preset, a method's ``protocol``, a recipe and the command line may
+set; each field's metadata says what it means and which values it takes, and :func:`check_settings`
+holds every source to that one declaration: exact types (an integer is an integer, a boolean is
+``true``/``false``), ranges, and an error that names the setting and where it came from.
+The job configuration (:class:`lipbench.plan.JobConfig`) extends this class, so a new setting is
+one new field here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+from lipbench.errors import UserError
+
+EPSILON_36 = 36 / 255
+MAX_BUDGET_S = 30 * 86400  # a month: anything longer is a typo (99999h), not a benchmark
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting means and which values it accepts."""
+
+    help: str
+    kind: type
+    check: Callable[[Any], bool] = lambda value: True
+    expected: str = ""  # the range or choices, for the error message
+    preset: bool = True  # may a budget preset, recipe or method protocol set it
+
+
+def setting(default: Any, help: str, kind: type, check: Callable[[Any], bool] = lambda value: True,
+            expected: str = "", preset: bool = True) -> Any:
+    return field(default=default, metadata={"rule": Rule(help, kind, check, expected, preset)})
+
+
+def positive(value: float) -> bool:
+    return value > 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """How one job trains. Defaults: the protocol of Prach et al. (CVPR 2024) on a GPU."""
+
+    budget_s: float = field(metadata={"rule": Rule("training time in seconds", float, lambda v: 0 < v <= MAX_BUDGET_S,
+                                                   f"in (0, {MAX_BUDGET_S:g}] seconds (30 days)", preset=False)})
+    batch_size: int = setting(256, "images per training step", int, lambda v: v >= 1, ">= 1")
+    lr: float = setting(0.05, "peak learning rate of the OneCycle schedule", float, positive, "> 0")
+    momentum: float = setting(0.9, "SGD momentum", float, lambda v: 0 <= v < 1, "in [0, 1)")
+    weight_decay: float = setting(0.0, "weight decay", float, lambda v: v >= 0, ">= 0")
+    offset: float = setting(math.sqrt(2) * 2 * EPSILON_36, "margin subtracted from the true logit by the offset "
+                            "cross-entropy", float, lambda v: v >= 0, ">= 0")
+    temperature: float = setting(0.25, "temperature of the offset cross-entropy", float, positive, "> 0")
+    augment: bool = setting(False, "random crops and horizontal flips", bool)
+    precision: str = setting("fp32", "fp32, or bf16 autocast", str, lambda v: v in ("fp32", "bf16"), "fp32 or bf16")
+    max_steps: int = setting(0, "at most this many training steps (0: as many as the budget allows)", int,
+                             lambda v: v >= 0, ">= 0")
+
+
+RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(TrainSettings)}
+PROTOCOL_KEYS = tuple(name for name, rule in RULES.items() if rule.preset)
+TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def typed(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` when it already is one (an int counts as a float); else raise ValueError."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ValueError
+    return float(value) if kind is float else value
+
+
+def check_setting(key: str, value: Any, origin: str, allowed: tuple[str, ...] = PROTOCOL_KEYS) -> Any:
+    """``value`` of setting ``key``, checked; a :class:`UserError` naming the setting and ``origin`` otherwise."""
+    if key not in allowed:
+        raise UserError(f"{origin}: unknown setting {key!r}; allowed: {', '.join(allowed)}")
+    rule = RULES[key]
+    try:
+        value = typed(value, rule.kind)
+    except ValueError:
+        shown = "nan" if isinstance(value, float) and math.isnan(value) else repr(value)
+        raise UserError(f"{origin}: {key} must be {TYPE_WORDS[rule.kind]}"
+                        f"{' (finite)' if rule.kind is float else ''}, got {shown}") from None
+    if not rule.check(value):
+        raise UserError(f"{origin}: {key} must be {rule.expected}, got {value!r}")
+    return value
+
+
+def check_settings(values: Mapping[str, Any], origin: str, allowed: tuple[str, ...] = PROTOCOL_KEYS) -> dict[str, Any]:
+    """Every item of ``values`` checked by :func:`check_setting`."""
+    return {key: check_setting(key, value, origin, allowed) for key, value in values.items()}
