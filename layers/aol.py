@@ -15,7 +15,6 @@ Padding: zero 'same', as in the reference (circular padding is equally sound, an
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

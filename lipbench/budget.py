@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from lipbench.errors import UserError
-from lipbench.settings import PROTOCOL_KEYS, check_setting, check_settings
+from lipbench.settings import MAX_BUDGET_S, PROTOCOL_KEYS, check_settings
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhd]))")
@@ -49,7 +49,12 @@ def parse_duration(text: str) -> float:
     else:
         raise UserError(f"malformed budget {text!r}: write a duration like 30s, 2m, 1h30m or 10h, "
                         f"or a preset name ({', '.join(preset_names())})")
-    return check_setting("budget_s", seconds, f"budget {text!r}", allowed=("budget_s",))
+    if seconds <= 0:
+        raise UserError(f"budget {text!r} must be positive")
+    if seconds > MAX_BUDGET_S:
+        raise UserError(f"budget {text!r} is longer than {MAX_BUDGET_S / 86400:.0f} days, the most a job may train; "
+                        "a typo? (write e.g. 10h or 2d)")
+    return seconds
 
 
 def preset_names() -> list[str]:

@@ -4,6 +4,11 @@ A test point is certified at radius eps when it is classified correctly and
 margin / (sqrt(2) * L) > eps, where margin = true logit - largest other logit and L is the
 model's (sound) Lipschitz bound: a perturbation of L2 norm eps moves the logit vector by at
 most L * eps, which shrinks a margin by at most sqrt(2) * L * eps.
+
+Everything here runs in strict fp32 (TF32 off) on the model in eval mode, whatever precision it
+was trained in. Inference is timed first, on a model whose eval caches are cold: the first batch
+builds them (``cache_seconds``), the full batches after it are the steady state
+(``infer_throughput``); the certificate is computed after.
 """
 from __future__ import annotations
 
@@ -14,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipbench.data import Dataset
+from lipbench.device import peak_memory_mb, reset_peak_memory, strict_fp32, synchronize
+from lipbench.radii import EPSILONS
 from lipbench.registry import LayerMethod
-from lipbench.device import synchronize
-
-EPSILONS = {"cra_36": 36 / 255, "cra_72": 72 / 255, "cra_108": 108 / 255, "cra_255": 1.0}
 
 
 def certificate(model: nn.Module, method: LayerMethod) -> dict[str, Any]:
@@ -50,7 +55,8 @@ def certified_accuracy(margin: Tensor, lipschitz_bound: float) -> dict[str, floa
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: int,
              device: torch.device) -> tuple[Tensor, dict[str, float]]:
-    """Margins on (x, y) in eval mode, and inference timing (first batch = cache building, excluded)."""
+    """Margins on (x, y) in eval mode, and inference timing: the first batch builds the eval caches,
+    the steady state is timed on the full batches after it."""
     model.eval()
     all_margins, times = [], []
     for start in range(0, len(x), batch_size):
@@ -60,10 +66,25 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: i
         synchronize(device)
         times.append(time.perf_counter() - began)
         all_margins.append(margins(logits, y[start:start + batch_size]))
-    steady = times[1:] or times
-    steady_per_image = sum(steady) / max(1, len(x) - (batch_size if len(times) > 1 else 0))
+    full_batches = len(x) // batch_size
+    steady = times[1:full_batches] or times[:1]
+    per_image = sorted(steady)[len(steady) // 2] / min(batch_size, len(x))
     timing = {
-        "infer_throughput": 1.0 / steady_per_image if steady_per_image > 0 else float("nan"),
-        "cache_seconds": max(0.0, times[0] - sorted(steady)[len(steady) // 2]),
+        "infer_throughput": 1.0 / per_image if per_image > 0 else float("nan"),
+        "cache_seconds": max(0.0, times[0] - per_image * min(batch_size, len(x))),
     }
     return torch.cat(all_margins), timing
+
+
+def certify_and_measure(model: nn.Module, method: LayerMethod, data: Dataset, batch_size: int,
+                        device: torch.device) -> tuple[dict[str, Any], Tensor]:
+    """Inference timing and memory, the certificate, clean accuracy and CRA of a trained model; and the
+    test margins (the audit reuses them). Gradients are freed first, so the inference peak holds none."""
+    model.zero_grad(set_to_none=True)
+    with strict_fp32():
+        reset_peak_memory(device)
+        margin, measured = evaluate(model, data.x_test, data.y_test, data.mean, batch_size, device)
+        measured["infer_peak_memory_mb"] = peak_memory_mb(device)[0]
+        measured.update(certificate(model, method))
+    measured.update(certified_accuracy(margin.cpu(), measured["lipschitz_bound"]))
+    return measured, margin

@@ -1,39 +1,38 @@
-"""Datasets, loaded offline from local files into tensors (float32 in [0, 1], N x C x H x W).
+"""Datasets: what a loaded dataset is, how its arrays are checked, and the registry of sources.
 
-Sources, by the name given to ``--dataset``:
-* ``fashion-mnist``: IDX files (optionally gzipped) from ``--data-dir``, ``$LIPBENCH_DATA`` (or its
-  ``fashion-mnist/`` subfolder), or Debian's ``dataset-fashion-mnist`` package.
-* ``cifar10`` / ``cifar100``: the python-pickle archives (``cifar-10-batches-py/``, ``cifar-100-python/``
-  or the ``.tar.gz``); downloaded with checksum verification when missing.
-* ``synthetic``: a small generated 10-class problem for fast tests.
-* a path to an ``.npz`` file (``x_train, y_train, x_test, y_test``) or an image-folder tree
-  (``train/<class>/*.png``, ``test/<class>/*.png``).
-The certified radii (36/255, ...) are in this [0, 1] pixel scale; the only normalization applied
-later is centering (subtracting the training mean), a translation that leaves every L2 distance
+A :class:`Dataset` holds float32 images in [0, 1] (N x C x H x W) and integer labels. The certified
+radii (36/255, ...) are in that pixel scale; the only normalization applied later is centering
+(subtracting the training mean, :attr:`Dataset.mean`), a translation that leaves every L2 distance
 unchanged.
+
+Sources register with :func:`register_dataset`, the same decorator a plugin uses (built-ins live in
+``lipbench.datasets``; plugins arrive through the entry-point group ``lipbench.datasets`` or
+``--plugin``). A source is a function ``load(request) -> Dataset``; it is chosen by name (or alias),
+or, when the user gives a path, by the first source whose ``claims_path(path)`` is true (an
+``.npz`` file, an image folder). The ``--dataset`` help text and "unknown dataset" errors come from
+the registry. Files from others never run code: archives are read as data (a restricted unpickler,
+``np.load(allow_pickle=False)``, tar members filtered), and every array is checked before use.
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
+import functools
 import os
-import pickle
-import struct
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lipbench.errors import UserError
+from lipbench.registry import new_registry
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-CIFAR_MIRROR_VARIABLE = "LIPBENCH_CIFAR_MIRROR"
+DATA_VARIABLE = "LIPBENCH_DATA"
+
+
+class DatasetMissing(UserError):
+    """The dataset's files are not here, and downloading was not allowed."""
 
 
 @dataclass
@@ -46,234 +45,92 @@ class Dataset:
     n_classes: int
 
     @property
-    def in_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @functools.cached_property
+    def mean(self) -> Tensor:
+        """The per-channel mean of the training images (1 x C x 1 x 1): the inputs are centred by it."""
+        return self.x_train.mean(dim=(0, 2, 3), keepdim=True)
 
 
 @dataclass(frozen=True)
-class Archive:
-    """A downloadable archive: where it lives, its MD5, and the folder it unpacks to."""
+class DatasetRequest:
+    """What the user asked for: a name (or a path) and where to look for its files."""
 
-    url: str
-    md5: str
-    folder: str
+    name: str
+    data_dir: str | None = None
+    download: bool = True
 
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+    def folders(self, subfolder: str) -> list[Path]:
+        """Folders to search, in order: ``--data-dir`` and ``$LIPBENCH_DATA``, each also with ``subfolder``."""
+        found = []
+        for base in (self.data_dir, os.environ.get(DATA_VARIABLE)):
+            if base:
+                found += [Path(base).expanduser(), Path(base).expanduser() / subfolder]
+        return found
+
+    def target(self) -> Path:
+        """Where a download goes: ``--data-dir``, else ``$LIPBENCH_DATA``, else ./data."""
+        return Path(self.data_dir or os.environ.get(DATA_VARIABLE) or "data").expanduser()
 
 
-CIFAR_ARCHIVES = {
-    "cifar10": Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                       "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"),
-    "cifar100": Archive("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                        "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python"),
-}
-BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "cifar100", "synthetic")
+@dataclass(frozen=True)
+class DatasetSource:
+    name: str
+    load: Callable[[DatasetRequest], Dataset]
+    description: str
+    aliases: tuple[str, ...] = ()
+    claims_path: Callable[[Path], bool] | None = None
+
+
+DATASETS = new_registry("dataset", "run --help")
+
+
+def register_dataset(name: str, description: str, aliases: tuple[str, ...] = (),
+                     claims_path: Callable[[Path], bool] | None = None
+                     ) -> Callable[[Callable[[DatasetRequest], Dataset]], Callable[[DatasetRequest], Dataset]]:
+    """Register ``load(request) -> Dataset`` under ``name`` (and ``aliases``); returns ``load`` unchanged."""
+
+    def decorator(load: Callable[[DatasetRequest], Dataset]) -> Callable[[DatasetRequest], Dataset]:
+        DATASETS.add(name, DatasetSource(name, load, description, aliases, claims_path))
+        return load
+
+    return decorator
+
+
+def dataset_names() -> list[str]:
+    """The registered dataset names, for help texts (path-based sources are described, not named)."""
+    return [name for name in DATASETS.names() if DATASETS.get(name).claims_path is None]
+
+
+def describe_datasets() -> str:
+    """One phrase per registered source, for ``--dataset``'s help and for errors."""
+    named = ", ".join(dataset_names())
+    paths = "; ".join(source.description for source in map(DATASETS.get, DATASETS.names()) if source.claims_path)
+    return f"{named}; or a path: {paths}" if paths else named
+
+
+def find_source(name: str) -> DatasetSource:
+    key = name.lower()
+    for candidate in DATASETS.names():
+        source = DATASETS.get(candidate)
+        if key == source.name or key in source.aliases:
+            return source
+    path = Path(name).expanduser()
+    for candidate in DATASETS.names():
+        source = DATASETS.get(candidate)
+        if source.claims_path is not None and source.claims_path(path):
+            return source
+    raise UserError(f"unknown dataset {name!r}: use one of {describe_datasets()}")
 
 
 def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
-    """Load ``name`` (a built-in name or a path); a :class:`UserError` says how to get missing data."""
-    key = name.lower()
-    if key in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        return load_fashion_mnist(data_dir)
-    if key in CIFAR_ARCHIVES:
-        return load_cifar(key, data_dir, download)
-    if key == "synthetic":
-        return make_synthetic()
-    path = Path(name).expanduser()
-    if path.suffix == ".npz":
-        return load_npz(path)
-    if path.is_dir():
-        return load_image_folder(path)
-    raise UserError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}, "
-                    "a .npz file or an image folder with train/ and test/")
+    """Load ``name`` (a registered name or a path); a :class:`UserError` says how to get missing data."""
+    return find_source(name).load(DatasetRequest(name, data_dir, download))
 
 
-def search_dirs(data_dir: str | None, subfolder: str) -> list[Path]:
-    dirs = []
-    for base in (data_dir, os.environ.get("LIPBENCH_DATA")):
-        if base:
-            dirs += [Path(base).expanduser(), Path(base).expanduser() / subfolder]
-    return dirs
-
-
-# --- Fashion-MNIST (IDX) -------------------------------------------------------------------
-
-IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (unsigned bytes), gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as stream:
-        raw = stream.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise UserError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise UserError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {data.size}")
-    return data.reshape(shape)
-
-
-def find_idx(directory: Path, stem: str) -> Path | None:
-    for candidate in (directory / stem, directory / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_fashion_mnist(data_dir: str | None = None) -> Dataset:
-    for directory in [*search_dirs(data_dir, "fashion-mnist"), DEBIAN_FASHION_MNIST]:
-        paths = {key: find_idx(directory, stem) for key, stem in IDX_FILES.items()}
-        if all(paths.values()):
-            arrays = {key: read_idx(path) for key, path in paths.items()}  # type: ignore[arg-type]
-            return from_arrays("fashion-mnist", **arrays)
-    raise UserError("Fashion-MNIST not found: run `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
-                    "or put its four IDX files in a folder and pass --data-dir (or set LIPBENCH_DATA)")
-
-
-# --- CIFAR (python pickles) ----------------------------------------------------------------
-
-
-def load_cifar(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
-    archive = CIFAR_ARCHIVES[name]
-    dirs = search_dirs(data_dir, name) or [Path(data_dir or "data")]
-    for directory in dirs:
-        if (directory / archive.folder).is_dir():
-            return read_cifar_folder(name, directory / archive.folder)
-        if (directory / archive.filename).is_file():
-            extract(directory / archive.filename, archive, directory)
-            return read_cifar_folder(name, directory / archive.folder)
-    target = Path(data_dir or os.environ.get("LIPBENCH_DATA") or "data").expanduser()
-    if not download:
-        raise UserError(f"{name} not found under {target}: put {archive.filename} there or allow downloading")
-    fetched = download_archive(archive, target)
-    extract(fetched, archive, target)
-    return read_cifar_folder(name, target / archive.folder)
-
-
-def download_archive(archive: Archive, target: Path) -> Path:
-    """Download ``archive`` into ``target``, verifying its MD5; $LIPBENCH_CIFAR_MIRROR replaces the host."""
-    mirror = os.environ.get(CIFAR_MIRROR_VARIABLE)
-    url = f"{mirror.rstrip('/')}/{archive.filename}" if mirror else archive.url
-    target.mkdir(parents=True, exist_ok=True)
-    destination = target / archive.filename
-    digest = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, \
-                tempfile.NamedTemporaryFile(dir=target, delete=False) as partial:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                partial.write(chunk)
-    except (urllib.error.URLError, OSError) as error:
-        raise UserError(f"{archive.filename} is missing and downloading {url} failed ({error}); "
-                        f"download it yourself into {target} or pass --data-dir") from None
-    if digest.hexdigest() != archive.md5:
-        os.unlink(partial.name)
-        raise UserError(f"checksum mismatch for {url}: got md5 {digest.hexdigest()}, expected {archive.md5}; "
-                        "the download is corrupt or not the official archive (nothing was kept)")
-    os.replace(partial.name, destination)
-    return destination
-
-
-def extract(path: Path, archive: Archive, target: Path) -> None:
-    with tarfile.open(path) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(archive.folder + "/") and m.isfile()]
-        if not members:
-            raise UserError(f"{path} does not contain {archive.folder}/: not a CIFAR archive")
-        tar.extractall(target, members=members, filter="data")
-
-
-def read_cifar_folder(name: str, folder: Path) -> Dataset:
-    if name == "cifar10":
-        train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
-        test_files, label_key, n_classes = [folder / "test_batch"], b"labels", 10
-    else:
-        train_files, test_files, label_key, n_classes = [folder / "train"], [folder / "test"], b"fine_labels", 100
-
-    def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = [], []
-        for file in files:
-            if not file.is_file():
-                raise UserError(f"{file} is missing: the CIFAR folder {folder} is incomplete")
-            with open(file, "rb") as stream:
-                batch = pickle.load(stream, encoding="bytes")
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[label_key], dtype=np.int64))
-        return np.concatenate(images), np.concatenate(labels)
-
-    x_train, y_train = read(train_files)
-    x_test, y_test = read(test_files)
-    return from_arrays(name, x_train, y_train, x_test, y_test, n_classes=n_classes, channels_first=True)
-
-
-# --- user data -----------------------------------------------------------------------------
-
-
-def load_npz(path: Path) -> Dataset:
-    if not path.is_file():
-        raise UserError(f"dataset file {path} does not exist")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise UserError(f"cannot read {path} as .npz: {error}") from None
-    missing = [key for key in IDX_FILES if key not in arrays.files]
-    if missing:
-        raise UserError(f"{path} lacks arrays {missing}; it needs x_train, y_train, x_test, y_test "
-                        f"(found {arrays.files})")
-    return from_arrays(path.stem, **{key: arrays[key] for key in IDX_FILES})
-
-
-def load_image_folder(root: Path) -> Dataset:
-    from PIL import Image  # matplotlib depends on pillow
-
-    splits = {}
-    for split in ("train", "test"):
-        folder = root / split
-        if not folder.is_dir():
-            raise UserError(f"image folder {root} needs train/ and test/ subfolders (one folder per class in each)")
-        splits[split] = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if splits["train"] != splits["test"] or not splits["train"]:
-        raise UserError(f"{root}: train/ and test/ must hold the same class folders; "
-                        f"train has {splits['train']}, test has {splits['test']}")
-    classes = splits["train"]
-
-    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for file in sorted((root / split / cls).iterdir()):
-                with Image.open(file) as image:
-                    images.append(np.asarray(image.convert("RGB" if image.mode not in ("L", "1") else "L")))
-                labels.append(label)
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise UserError(f"{root / split}: images differ in size or mode ({sorted(shapes)[:3]}...); resize them to one shape")
-        return np.stack(images), np.asarray(labels)
-
-    x_train, y_train = read("train")
-    x_test, y_test = read("test")
-    return from_arrays(root.name, x_train, y_train, x_test, y_test, n_classes=len(classes))
-
-
-def make_synthetic(n_train: int = 2048, n_test: int = 512, n_classes: int = 10, size: int = 16,
-                   seed: int = 0) -> Dataset:
-    """Each class is a fixed random smooth template; samples add noise. Learnable in seconds."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n_classes, 1, size // 4, size // 4, generator=generator)
-    templates = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-
-    def sample(n: int) -> tuple[Tensor, Tensor]:
-        labels = torch.randint(n_classes, (n,), generator=generator)
-        noise = 0.15 * torch.randn(n, 1, size, size, generator=generator)
-        return (templates[labels] + noise).clamp(0, 1), labels
-
-    x_train, y_train = sample(n_train)
-    x_test, y_test = sample(n_test)
-    return Dataset("synthetic", x_train, y_train, x_test, y_test, n_classes)
+# --- arrays to a dataset, checked ------------------------------------------------------------------
 
 
 def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -283,25 +140,32 @@ def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
     if x_train.shape[1:] != x_test.shape[1:]:
         raise UserError(f"{name}: train images are {tuple(x_train.shape[1:])}, test images {tuple(x_test.shape[1:])}")
     y_train, y_test = (as_labels(y, x, split, name) for y, x, split in ((y_train, x_train, "y_train"), (y_test, x_test, "y_test")))
-    n_classes = n_classes or int(max(y_train.max(), y_test.max())) + 1
-    if y_train.max() >= n_classes or y_test.max() >= n_classes:
-        raise UserError(f"{name}: labels reach {int(max(y_train.max(), y_test.max()))} but there are {n_classes} classes")
+    largest = int(max(y_train.max(), y_test.max()))
+    n_classes = n_classes or largest + 1
+    if largest >= n_classes:
+        raise UserError(f"{name}: labels reach {largest} but there are {n_classes} classes")
     return Dataset(name, x_train, y_train, x_test, y_test, n_classes)
 
 
 def as_images(x: np.ndarray, split: str, name: str, channels_first: bool) -> Tensor:
     x = np.asarray(x)
+    if x.dtype == object:
+        raise UserError(f"{name}: {split} holds Python objects; images must be uint8 or float arrays")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and not channels_first:
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim != 4:
         raise UserError(f"{name}: {split} has shape {x.shape}; expected N x H x W or N x H x W x C")
+    if len(x) == 0:
+        raise UserError(f"{name}: {split} holds no images")
     if x.dtype == np.uint8:
         return torch.from_numpy(np.array(x, copy=True)).float().div_(255)
     if not np.issubdtype(x.dtype, np.floating):
         raise UserError(f"{name}: {split} has dtype {x.dtype}; use uint8 (0-255) or floats in [0, 1]")
-    if x.size and (x.min() < 0 or x.max() > 1):
+    if not np.isfinite(x).all():
+        raise UserError(f"{name}: {split} contains NaN or infinite values; images must be finite, in [0, 1]")
+    if x.min() < 0 or x.max() > 1:
         raise UserError(f"{name}: {split} values span [{x.min():.3g}, {x.max():.3g}]; float images must lie in [0, 1] "
                         "(certified radii are measured in that scale)")
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -328,6 +192,5 @@ def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
 
 
 def copy_to(dataset: Dataset, device: torch.device) -> Dataset:
-    return Dataset(dataset.name, dataset.x_train.to(device), dataset.y_train.to(device),
-                   dataset.x_test.to(device), dataset.y_test.to(device), dataset.n_classes)
-
+    return replace(dataset, x_train=dataset.x_train.to(device), y_train=dataset.y_train.to(device),
+                   x_test=dataset.x_test.to(device), y_test=dataset.y_test.to(device))

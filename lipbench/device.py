@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import resource
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -42,3 +44,15 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+@contextmanager
+def strict_fp32() -> Iterator[None]:
+    """TF32 off for matmuls and convolutions while the block runs (restored after): certificates,
+    evaluation and audits are computed in true fp32 whatever the training used."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

@@ -1,54 +1,54 @@
 """One job, run in its own process: train under the budget, certify, measure, record.
 
-``python -m lipbench.job JOB_DIR`` reads ``JOB_DIR/config.json`` and always leaves
-``JOB_DIR/record.json`` behind: with status ``ok``, or with the failure (``nan``, ``oom``,
-``error``) and whatever was measured before it. Training and evaluation points go to
-``JOB_DIR/events.jsonl`` as they happen (the parent's progress bar reads them).
+``python -m lipbench.job JOB_DIR [--plugin MODULE ...]`` reads ``JOB_DIR/config.json`` and always
+leaves ``JOB_DIR/record.json`` behind: with status ``ok``, or with the failure (``nan``, ``oom``,
+``error``, ``timeout``) and whatever was measured before it. Training and evaluation points are
+appended to ``JOB_DIR/events.jsonl`` as they happen (the parent's progress bar reads them).
 
-The job holds ``JOB_DIR/running.lock`` (its pid) while it runs, so two sweeps sharing a
-results folder never run the same job at once: the second exits with ``LOCKED_EXIT``.
-Training checkpoints to ``JOB_DIR/checkpoint.pt``; a job started again resumes from it.
+Plugins come from the command line only (the sweep passes on the user's ``--plugin`` options),
+never from a config file, so a results folder received from someone else runs no code of theirs.
 
-Several processes may train one job with DDP (:mod:`lipbench.distributed`): with
-``LIPBENCH_NPROC=N`` (``lipbench run --nproc N``) this process starts N replicas; under
-``torchrun -m lipbench.job JOB_DIR`` each rank is one. Rank 0 holds the lock, logs, checkpoints,
-certifies and records; the other ranks only train.
+The job holds ``JOB_DIR/running.lock`` while it runs, so two sweeps sharing a results folder never
+run the same job at once, and once it holds the lock it reads the record again: a job another sweep
+finished meanwhile is not run twice (exit ``DONE_EXIT``) unless the sweep asked to replace it
+(``LIPBENCH_REPLACE=1``: the earlier record is kept in ``earlier/``). The job enforces its own time
+limit, so it ends even when the sweep that started it was killed. Training checkpoints to
+``JOB_DIR/checkpoint.pt``; a job started again resumes from it.
+
+Several processes may train one job with DDP (:mod:`lipbench.distributed`): with ``LIPBENCH_NPROC=N``
+(``lipbench run --nproc N``) this process starts N replicas; under ``torchrun -m lipbench.job
+JOB_DIR`` each rank is one. Rank 0 holds the lock, logs, checkpoints, certifies and records; the
+other ranks only train.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import socket
 import sys
+import threading
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lipbench.certify import certificate, certified_accuracy, evaluate
-from lipbench.contracts import count_parameters
+from lipbench.audit import audit_model
+from lipbench.certify import certify_and_measure
 from lipbench.data import Dataset, copy_to, holdout_split, load_dataset
-from lipbench.distributed import World, launch, requested_processes
 from lipbench.device import peak_memory_mb, reset_peak_memory, resolve_device
-from lipbench.plan import JobConfig
-from lipbench.records import RECORD_NAME, clean_numbers, environment, write_json_atomic
+from lipbench.distributed import World, launch, requested_processes
+from lipbench.environment import fingerprint
+from lipbench.errors import UserError
+from lipbench.jobfolder import (ATTEMPT_VARIABLE, CHECKPOINT_NAME, DONE_EXIT, EVENTS_NAME, FINISHED, LOCKED_EXIT,
+                                MODEL_NAME, RENDEZVOUS_NAME, REPLACE_VARIABLE, TIMEOUT_EXIT, WRITE_FAILED_EXIT, Status,
+                                WriteError, acquire_lock, failure_record, keep_earlier_record, now_iso, read_config,
+                                read_record, release_lock, time_limit, write_record)
+from lipbench.contracts import count_parameters
 from lipbench.registry import LayerMethod, create_model, get_method, load_plugin
-from lipbench.train import TrainingDiverged, train
-
-CONFIG_NAME, EVENTS_NAME, MODEL_NAME = "config.json", "events.jsonl", "model.pt"
-LOCK_NAME, CHECKPOINT_NAME, RENDEZVOUS_NAME = "running.lock", "checkpoint.pt", "rendezvous"
-LOCKED_EXIT = 75
-FOREIGN_LOCK_STALE_S = 1800  # a lock from another host whose job logged nothing for this long is stale
-
-
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
+from lipbench.settings import JobConfig
+from lipbench.train import TrainingDiverged, save_weights, train
 
 class EventLog:
     """Append-only JSON lines, flushed at once, so a killed job still leaves its history."""
@@ -71,75 +71,65 @@ def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Mo
     return data, model
 
 
+def job_record(config: JobConfig, method: LayerMethod, world: World, device: torch.device) -> dict[str, Any]:
+    """The record of a job that has just started: its settings, what its method promises, where it runs.
+    Its status says ``error`` until the job replaces it."""
+    return {**vars(config), "job_id": config.job_id, "status": Status.ERROR.value, "family": method.family,
+            "padding": method.padding, "exact_bound": method.exact, "approximation": dict(method.approximation),
+            "started_at": now_iso(), "environment": fingerprint(device), "world_size": world.size,
+            "attempt": os.environ.get(ATTEMPT_VARIABLE)}
+
+
 def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dict[str, Any]:
     """Run ``config`` in this process and write its record into ``job_dir``; returns the record.
 
     In a distributed ``world`` this is rank 0: it trains beside the other ranks (:func:`train_replica`).
     """
     world = world or World()
-    for plugin in config.plugins:
-        load_plugin(plugin)
     method = get_method(config.layer)
     device = world.join(resolve_device(config.device))
     torch.manual_seed(config.seed)
     log = EventLog(job_dir / EVENTS_NAME)
-    record: dict[str, Any] = {
-        **{k: v for k, v in vars(config).items()}, "job_id": config.job_id, "status": "error",
-        "family": method.family, "padding": method.padding, "exact_bound": method.exact,
-        "approximation": dict(method.approximation), "started_at": now_iso(), "environment": environment(device),
-        "world_size": world.size,
-    }
+    log({"phase": "start", "attempt": os.environ.get(ATTEMPT_VARIABLE)})
+    record = job_record(config, method, world, device)
     try:
         data, model = build(config, device)
-        record["params"], record["n_classes"] = count_parameters(model), data.n_classes
         reset_peak_memory(device)
         report = train(model, method, data, config, device, config.seed, log,
                        checkpoint=job_dir / CHECKPOINT_NAME, world=world)
-        record.update(train_seconds=report.train_seconds, epochs_planned=report.epochs_planned,
-                      resumed_at_step=report.resumed_at_step, step_seconds=report.step_seconds,
-                      steps_per_epoch=report.steps_per_epoch,
-                      epochs_done=report.epochs_done, steps=report.steps, steps_planned=report.steps_planned,
-                      train_throughput=report.train_throughput, data_seconds=report.data_seconds,
-                      warmup_seconds=report.warmup_seconds, stopped_by=report.stopped_by, final_loss=report.final_loss)
+        record.update(report.fields(), params=count_parameters(model), n_classes=data.n_classes)
         record["peak_memory_mb"], record["memory_counter"] = peak_memory_mb(device)
         if config.save_model:
-            save_model(model, job_dir / MODEL_NAME)
+            save_weights(model, job_dir / MODEL_NAME)
         log({"phase": "certify"})
-        model.eval()
-        record.update(certificate(model, method))
-        mean = data.x_train.mean(dim=(0, 2, 3), keepdim=True)
-        reset_peak_memory(device)
-        margin, timing = evaluate(model, data.x_test, data.y_test, mean, config.batch_size, device)
-        record.update(timing)
-        record.update(certified_accuracy(margin.cpu(), record["lipschitz_bound"]))
-        record["infer_peak_memory_mb"] = peak_memory_mb(device)[0]
-        record["status"] = "ok"
+        measured, margin = certify_and_measure(model, method, data, config.batch_size, device)
+        record.update(measured, status=Status.OK.value)
         if config.with_audit:
             log({"phase": "audit"})
-            record["audit"] = audit_or_error(model, method, data, mean, record, device, margin)
+            record["audit"] = audit_or_error(model, method, data, record, device, margin)
         log({"phase": "done", **{k: record[k] for k in ("clean_acc", "cra_36")}})
+    except WriteError:
+        raise
     except TrainingDiverged as error:
-        record.update(status="nan", error=str(error))
+        record.update(status=Status.NAN.value, error=str(error))
     except torch.OutOfMemoryError as error:
-        record.update(status="oom", error=str(error).splitlines()[0])
+        record.update(status=Status.OOM.value, error=str(error).splitlines()[0])
     except MemoryError:
-        record.update(status="oom", error="host out of memory")
+        record.update(status=Status.OOM.value, error="host out of memory")
     except Exception as error:  # any other failure is still a row, with its traceback in the log
-        record.update(status="error", error=f"{type(error).__name__}: {error}")
+        record.update(status=Status.ERROR.value, error=f"{type(error).__name__}: {error}")
         traceback.print_exc()
     record["finished_at"] = now_iso()
-    write_json_atomic(job_dir / RECORD_NAME, clean_numbers(record))
+    write_record(job_dir, record)
     (job_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return record
 
 
-def audit_or_error(model: torch.nn.Module, method: LayerMethod, data: Dataset, mean: torch.Tensor,
-                   record: dict[str, Any], device: torch.device, margin: torch.Tensor) -> dict[str, Any]:
-    """The audit of the finished model (lipbench.audit); a failing audit is recorded, the run stays ok."""
-    from lipbench.audit import audit_model  # lipbench.audit reads jobs from disk through this module
-
+def audit_or_error(model: torch.nn.Module, method: LayerMethod, data: Dataset, record: dict[str, Any],
+                   device: torch.device, margin: torch.Tensor) -> dict[str, Any]:
+    """The audit of the finished model (:mod:`lipbench.audit`); a failing audit is recorded, the run stays ok."""
     try:
-        return audit_model(model, method, data, mean, record, device, margins_all=margin)
+        return audit_model(model, method, data, record, device, margins_all=margin)
     except Exception as error:
         traceback.print_exc()
         return {"error": f"{type(error).__name__}: {error}", "verdict": "audit failed"}
@@ -147,8 +137,6 @@ def audit_or_error(model: torch.nn.Module, method: LayerMethod, data: Dataset, m
 
 def train_replica(config: JobConfig, job_dir: Path, world: World) -> None:
     """Rank > 0 of a distributed job: train beside rank 0, which logs, checkpoints, certifies and records."""
-    for plugin in config.plugins:
-        load_plugin(plugin)
     device = world.join(resolve_device(config.device))
     torch.manual_seed(config.seed)
     data, model = build(config, device)
@@ -159,8 +147,10 @@ def train_replica(config: JobConfig, job_dir: Path, world: World) -> None:
         pass  # all ranks see the same (averaged) loss, so rank 0 diverged too and records it
 
 
-def replica(config: JobConfig, job_dir: Path, world: World) -> dict[str, Any] | None:
+def replica(config: JobConfig, job_dir: Path, plugins: list[str], world: World) -> dict[str, Any] | None:
     """This process's part of the job: all of it when alone; rank 0's record, or None on the other ranks."""
+    for plugin in plugins:
+        load_plugin(plugin)
     try:
         if world.main:
             return run_job(config, job_dir, world)
@@ -170,87 +160,60 @@ def replica(config: JobConfig, job_dir: Path, world: World) -> dict[str, Any] | 
         world.leave()
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def enforce_deadline(config: JobConfig, job_dir: Path) -> threading.Timer:
+    """End this process at its time limit with a ``timeout`` record, even when no parent watches it."""
 
-
-def read_lock(job_dir: Path) -> tuple[str, int] | None:
-    """(host, pid) written in the job's lock, or None; a bare pid (older locks) means this host."""
-    try:
-        text = (job_dir / LOCK_NAME).read_text().strip()
-    except OSError:
-        return None
-    host, _, pid = text.rpartition(" ")
-    return (host or socket.gethostname(), int(pid)) if pid.isdigit() and int(pid) > 0 else None
-
-
-def lock_holder(job_dir: Path) -> int | None:
-    """The pid of a live process on this host holding the job's lock, if any."""
-    lock = read_lock(job_dir)
-    return lock[1] if lock and lock[0] == socket.gethostname() and pid_alive(lock[1]) else None
-
-
-def lock_is_live(job_dir: Path) -> bool:
-    """Someone runs this job now: a live local holder, or (on a shared filesystem) a holder on another host
-    whose job wrote its event log or lock within ``FOREIGN_LOCK_STALE_S`` (its pid cannot be checked from here)."""
-    lock = read_lock(job_dir)
-    if lock is None:
-        return False
-    if lock[0] == socket.gethostname():
-        return pid_alive(lock[1])
-    touched = [path.stat().st_mtime for path in (job_dir / LOCK_NAME, job_dir / EVENTS_NAME) if path.exists()]
-    return bool(touched) and time.time() - max(touched) < FOREIGN_LOCK_STALE_S
-
-
-def acquire_lock(job_dir: Path) -> bool:
-    """Take the job's lock ("host pid"), replacing a stale one; False if a live process holds it."""
-    path = job_dir / LOCK_NAME
-    for _ in range(2):
+    def expire() -> None:
+        record = failure_record(config, Status.TIMEOUT, f"stopped itself after its time limit of "
+                                f"{time_limit(config):.0f} s", attempt=os.environ.get(ATTEMPT_VARIABLE))
         try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if lock_is_live(job_dir):
-                return False
-            path.unlink(missing_ok=True)  # stale: its process is gone (crash, kill -9)
-            continue
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(f"{socket.gethostname()} {os.getpid()}")
-        return True
-    return False
+            write_record(job_dir, record)
+        finally:
+            os._exit(TIMEOUT_EXIT)
 
-
-def save_model(model: torch.nn.Module, path: Path) -> None:
-    """Save the trained weights atomically (audits rebuild the model from config.json and these)."""
-    partial = path.with_suffix(".partial")
-    torch.save(model.state_dict(), partial)
-    partial.replace(path)
+    timer = threading.Timer(time_limit(config), expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def main(argv: list[str] | None = None) -> None:
-    job_dir = Path((argv or sys.argv[1:])[0])
-    config = JobConfig.from_dict(json.loads((job_dir / CONFIG_NAME).read_text()))
+    parser = argparse.ArgumentParser(prog="python -m lipbench.job", description="Run one planned lipbench job.")
+    parser.add_argument("job_dir", type=Path)
+    parser.add_argument("--plugin", action="append", default=[], help="module or .py file that registers layers")
+    arguments = parser.parse_args(argv)
+    job_dir = arguments.job_dir
+    try:
+        config = read_config(job_dir)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     world = World.from_environment()  # one rank under torchrun; a world of one otherwise
     if not world.main:
-        replica(config, job_dir, world)
+        replica(config, job_dir, arguments.plugin, world)
         return
-    if not acquire_lock(job_dir):
-        sys.exit(LOCKED_EXIT)
     try:
-        processes = requested_processes()
-        if processes > 1 and not world.distributed:  # --nproc: start the replicas; rank 0 writes the record
-            launch(processes, job_dir / RENDEZVOUS_NAME, replica, config, job_dir)
-            record = json.loads((job_dir / RECORD_NAME).read_text())
-        else:
-            record = replica(config, job_dir, world)
-    finally:
-        (job_dir / LOCK_NAME).unlink(missing_ok=True)
-    sys.exit(0 if record["status"] == "ok" else 3)
+        if not acquire_lock(job_dir):
+            sys.exit(LOCKED_EXIT)
+        try:
+            earlier = read_record(job_dir)
+            if earlier is not None and earlier.get("status") in FINISHED:
+                if os.environ.get(REPLACE_VARIABLE) != "1":
+                    sys.exit(DONE_EXIT)
+                keep_earlier_record(job_dir)
+            enforce_deadline(config, job_dir)
+            processes = requested_processes()
+            if processes > 1 and not world.distributed:  # --nproc: start the replicas; rank 0 writes the record
+                launch(processes, job_dir / RENDEZVOUS_NAME, replica, config, job_dir, arguments.plugin)
+                record = read_record(job_dir) or {"status": Status.ERROR.value}
+            else:
+                record = replica(config, job_dir, arguments.plugin, world)
+        finally:
+            release_lock(job_dir)
+    except WriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(WRITE_FAILED_EXIT)
+    sys.exit(0 if record["status"] == Status.OK.value else 3)
 
 
 if __name__ == "__main__":

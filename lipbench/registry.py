@@ -36,8 +36,9 @@ from lipbench.settings import check_settings
 
 T = TypeVar("T")
 KINDS = ("conv", "linear")
+COMMON_SIZES = ("XS", "S", "M", "L")  # every model family offers these names (small to large)
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-BUILTIN_PACKAGES = ("lipbench.layers", "lipbench.models")
+BUILTIN_PACKAGES = ("lipbench.layers", "lipbench.models", "lipbench.datasets")
 
 
 class Registry(Generic[T]):
@@ -80,6 +81,11 @@ class Registry(Generic[T]):
             names = [n for n in names if not fnmatch.fnmatchcase(n, exclude)]
         return sorted(names)
 
+    def in_order(self) -> list[T]:
+        """Every entry, in the order it was registered (built-ins first)."""
+        ensure_loaded()
+        return list(self.entries.values())
+
     def resolve(self, patterns: str, option: str) -> list[str]:
         """Expand a comma-separated list of names and wildcards; every item must match something."""
         names: list[str] = []
@@ -108,14 +114,16 @@ def origin_of(entry: Any) -> str:
 REGISTRIES: list[Registry[Any]] = []
 
 
+_loaded = False
+
+
 def new_registry(noun: str, command: str) -> Registry[Any]:
     """A registry whose entries load with every other's (built-ins, entry points, plugins)."""
     registry: Registry[Any] = Registry(noun, command)
     REGISTRIES.append(registry)
+    if _loaded:  # declared after the others were loaded (e.g. the report's plots): its plugins load now
+        load_entry_points(registry)
     return registry
-
-
-_loaded = False
 
 
 def ensure_loaded() -> None:
@@ -126,13 +134,17 @@ def ensure_loaded() -> None:
     _loaded = True
     for package in BUILTIN_PACKAGES:
         importlib.import_module(package)
-    for registry in REGISTRIES:
-        for entry in entry_points(group=registry.group):
-            try:
-                with all_or_nothing():
-                    entry.load()
-            except Exception as error:  # a broken installed plugin costs a warning, never the run
-                warnings.warn(f"lipbench plugin {entry.name!r} ({entry.value}) failed to load: {error}", stacklevel=2)
+    for registry in list(REGISTRIES):
+        load_entry_points(registry)
+
+
+def load_entry_points(registry: Registry[Any]) -> None:
+    for entry in entry_points(group=registry.group):
+        try:
+            with all_or_nothing():
+                entry.load()
+        except Exception as error:  # a broken installed plugin costs a warning, never the run
+            warnings.warn(f"lipbench plugin {entry.name!r} ({entry.value}) failed to load: {error}", stacklevel=3)
 
 
 class all_or_nothing:
@@ -323,7 +335,7 @@ class ModelFamily:
         return size in self.sizes or bool(self.size_pattern and re.fullmatch(self.size_pattern, size))
 
 
-MODELS: Registry[ModelFamily] = new_registry("model", "models")
+MODELS: Registry[ModelFamily] = new_registry("model", "layers")
 
 
 def register_model(name: str, **declaration: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:

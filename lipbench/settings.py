@@ -4,16 +4,22 @@ Its fields are the keys a budget preset, a method's ``protocol``, a recipe and t
 set; each field's metadata says what it means and which values it takes, and :func:`check_settings`
 holds every source to that one declaration: exact types (an integer is an integer, a boolean is
 ``true``/``false``), ranges, and an error that names the setting and where it came from.
-The job configuration (:class:`lipbench.plan.JobConfig`) extends this class, so a new setting is
-one new field here.
+:class:`JobConfig`, a job's whole configuration, extends this class, so a new setting is one new
+field here. A job's id is a hash of its configuration and the lipbench version, so the same sweep
+run again finds its finished jobs (resume) and a changed setting makes a new job. A field added
+after the first version enters the id only when it differs from its default, so results folders
+made before it still resume.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from lipbench.errors import UserError
+from lipbench.version import __version__
 
 EPSILON_36 = 36 / 255
 MAX_BUDGET_S = 30 * 86400  # a month: anything longer is a typo (99999h), not a benchmark
@@ -97,3 +103,58 @@ def check_setting(key: str, value: Any, origin: str, allowed: tuple[str, ...] = 
 def check_settings(values: Mapping[str, Any], origin: str, allowed: tuple[str, ...] = PROTOCOL_KEYS) -> dict[str, Any]:
     """Every item of ``values`` checked by :func:`check_setting`."""
     return {key: check_setting(key, value, origin, allowed) for key, value in values.items()}
+
+
+NOT_HASHED = ("data_dir", "save_model", "plugins", "with_audit")  # none of these changes what is trained
+FIRST_VERSION_FIELDS = frozenset({
+    "layer", "size", "dataset", "budget", "budget_s", "seed", "batch_size", "lr", "momentum", "weight_decay",
+    "offset", "temperature", "augment", "precision", "device", "layer_options", "holdout", "retry_of"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig(TrainSettings):
+    """One job: what to train (layer, model family and size, dataset), how (the inherited training
+    settings) and where (device, data folder)."""
+
+    layer: str
+    size: str
+    dataset: str
+    budget: str
+    seed: int = 0
+    model: str = ""  # the model family; "" is the method's own
+    device: str = "auto"
+    layer_options: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+    holdout: float = 0.0  # > 0: evaluate on this fraction of the training set, held out (tuning)
+    retry_of: str | None = None  # the id of the failed job this one retries
+    data_dir: str | None = None
+    save_model: bool = True
+    with_audit: bool = False  # audit the trained model's certificate (lipbench.audit) and record it
+
+    @property
+    def job_id(self) -> str:
+        defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default for f in fields(self)}
+        identity = {k: v for k, v in asdict(self).items()
+                    if k not in NOT_HASHED and (k in FIRST_VERSION_FIELDS or v != defaults.get(k))}
+        text = json.dumps({"config": identity, "version": __version__}, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer} {self.size} {self.dataset} {self.budget} seed {self.seed}"
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any], origin: str = "config.json") -> "JobConfig":
+        """The configuration saved as ``document`` (a job's config.json or record), checked like any
+        other source of settings; unknown keys (fields of a record) are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in document.items() if k in known}
+        values.update(check_settings({k: v for k, v in values.items() if k in RULES}, origin, tuple(RULES)))
+        missing = sorted(f.name for f in fields(cls) if f.name not in values and f.default is MISSING
+                         and f.default_factory is MISSING)
+        if missing:
+            raise UserError(f"{origin} lacks {', '.join(missing)}: not a complete lipbench job configuration")
+        if not isinstance(values.get("layer_options", {}), dict):
+            raise UserError(f"{origin}: layer_options must be a mapping")
+        values["plugins"] = tuple(values.get("plugins", ()))
+        return cls(**values)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from lipbench.data import Dataset
 from lipbench.distributed import World
 from lipbench.device import synchronize
+from lipbench.jobfolder import load_tensors, save_tensors
 from lipbench.registry import LayerMethod, OptimizerSettings
 from lipbench.settings import TrainSettings
 
@@ -73,6 +74,11 @@ class TrainReport:
         """Images per second of training compute after the first step (data preparation excluded)."""
         compute = self.train_seconds - self.warmup_seconds - self.data_seconds
         return self.images / compute if compute > 0 else float("nan")
+
+    def fields(self) -> dict[str, Any]:
+        """What training measured, as record fields."""
+        return {**asdict(self), "epochs_done": self.epochs_done, "epochs_planned": self.epochs_planned,
+                "train_throughput": self.train_throughput}
 
 
 def offset_cross_entropy(logits: Tensor, labels: Tensor, offset: float, temperature: float) -> Tensor:
@@ -148,16 +154,15 @@ class Batches:
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
                     report: TrainReport, elapsed: float, step_time: float) -> None:
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "batches": batches.state_dict(),
-                "report": asdict(report), "elapsed": elapsed, "step_time": step_time}, partial)
-    partial.replace(path)
+    save_tensors(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "batches": batches.state_dict(), "report": asdict(report), "elapsed": elapsed,
+                        "step_time": step_time})
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
                     report: TrainReport) -> tuple[float, float]:
     """Restore a checkpoint in place; returns (seconds already used, step time)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_tensors(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     batches.load_state_dict(state["batches"])
@@ -245,3 +250,8 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
                   "epoch": report.epochs_done, "loss": report.final_loss, "elapsed": report.train_seconds,
                   "budget": settings.budget_s, "stopped_by": report.stopped_by})
     return report
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """The trained weights, atomically (audits rebuild the model from config.json and these)."""
+    save_tensors(path, model.state_dict())

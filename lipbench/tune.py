@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from lipbench.plan import JobConfig
+from lipbench.settings import PROTOCOL_KEYS, JobConfig
 
 LR_RANGE = (1e-3, 0.3)
 WEIGHT_DECAY_RANGE = (1e-6, 1e-3)
@@ -44,8 +44,7 @@ def best_settings(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def tuned_preset(base: JobConfig, chosen: dict[str, dict[str, float]]) -> str:
     """A budget preset (YAML) that carries the tuned settings; edit `budget:` to use them at another budget."""
-    document = {"budget": f"{base.budget_s:g}s",
-                "batch_size": base.batch_size, "lr": base.lr, "momentum": base.momentum, "weight_decay": base.weight_decay,
-                "offset": base.offset, "temperature": base.temperature, "augment": base.augment, "methods": chosen}
+    document = {"budget": f"{base.budget_s:g}s", **{key: getattr(base, key) for key in PROTOCOL_KEYS},
+                "methods": chosen}
     header = "# Tuned by `lipbench tune` on a held-out split of the training set.\n"
     return header + yaml.safe_dump(document, sort_keys=False)

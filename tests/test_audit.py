@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipbench.audit import audit_model, sound_layer_bound
+from lipbench.audit import audit_model
+from lipbench.audit.bounds import sound_layer_bound
 from lipbench.bounds import conv_norm, dense_norm
-from lipbench.data import make_synthetic
+from lipbench.datasets.synthetic import make_synthetic
 from lipbench.job import run_job
 from lipbench.models.convnet import ConvNet
 from lipbench.registry import create_model
-from lipbench.plan import JobConfig
+from lipbench.settings import JobConfig
 from lipbench.registry import get_method, load_plugin, unregister_layer
 
 BROKEN = Path(__file__).parent / "plugins" / "broken_layer.py"
@@ -47,8 +48,7 @@ def small_convnet(layer, data, head_bias=0.0):
 
 
 def audit(model, layer, data, record):
-    mean = data.x_train.mean(dim=(0, 2, 3), keepdim=True)
-    return audit_model(model, get_method(layer), data, mean, record, torch.device("cpu"), **QUICK)
+    return audit_model(model, get_method(layer), data, record, torch.device("cpu"), **QUICK)
 
 
 def test_dense_layer_gets_its_exact_norm():
@@ -181,7 +181,7 @@ def broken_job(broken_layer, tmp_path_factory):
 def test_cli_audits_a_job_writes_its_record_and_exits_1(broken_job):
     result = subprocess.run([sys.executable, "-m", "lipbench", "audit", str(broken_job), "--json",
                              "--samples", "2", "--steps", "10", "--eval-points", "64", "--lower-points", "2",
-                             "--lower-steps", "2"], capture_output=True, text=True, timeout=600)
+                             "--lower-steps", "2", "--plugin", str(BROKEN)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr
     assert "above its declared" in result.stderr  # training may shrink the product, never a layer's gain
     audit = json.loads(result.stdout)

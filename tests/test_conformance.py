@@ -1,12 +1,14 @@
 """The conformance suite: every registered layer (built-in or plugin) proves its promises here.
 
-* Exact operator norm: the Jacobian (for linear layers, the operator matrix by impulse
-  response) on small shapes has sigma_max <= the declared bound x (1 + tolerance), at
+* Exact operator norm: the Jacobian (exact, by automatic differentiation at two points, for
+  nonlinear layers too) on small shapes has sigma_max <= the declared bound x (1 + tolerance), at
   initialization and after 20 SGD steps at a large learning rate that push the gain up.
 * Orthogonal methods: sigma_min >= 1 - tolerance as well (square layers, stride 1).
 * Eval output equals a recomputation from the current parameters (no stale cache).
 * state_dict round-trips; float64 works; output shapes are right; unsupported options fail
   at construction with ValueError.
+* Every model family (and every method in its own family) builds a CertifiableModel whose
+  certificate bounds the difference quotients of random pairs of points.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import torch
 
 import lipbench
 from lipbench.bounds import singular_values
-from lipbench.contracts import layer_bound
+from lipbench.certify import certificate
+from lipbench.contracts import CertifiableModel, layer_bound
 
 CONV_CASES = [  # (channels, image size, kernel size, stride)
     (4, 8, 3, 1),
@@ -136,3 +139,36 @@ def test_unsupported_options_fail_at_construction(name):
     for kind in set(lipbench.registry.KINDS) - set(method.kinds):
         with pytest.raises(ValueError, match=kind):
             lipbench.create_layer(name, kind, 4, 4, 3, 1)
+
+
+def model_cases():
+    """Every method in its own model family, and every family with one method it takes."""
+    cases = {(lipbench.get_method(name).model, name) for name in lipbench.list_layers()}
+    for family in lipbench.registry.MODELS.in_order():
+        takers = family.methods or [name for name in lipbench.list_layers()
+                                    if set(family.kinds) <= set(lipbench.get_method(name).kinds)]
+        if takers and not any(model == family.name for model, _ in cases):
+            cases.add((family.name, takers[0]))
+    return [pytest.param(model, name, id=f"{model}-{name}") for model, name in sorted(cases)]
+
+
+@pytest.mark.parametrize("model_name, name", model_cases())
+def test_every_model_is_certifiable_and_its_bound_holds(model_name, name):
+    family = lipbench.registry.MODELS.get(model_name)
+    torch.manual_seed(0)
+    in_shape = (1, 16, 16)
+    model = lipbench.create_model(name, family.sizes[0], in_shape, 4, model=model_name).double().eval()
+    assert isinstance(model, CertifiableModel) and tuple(model.in_shape) == in_shape
+    layers = model.method_layers()
+    submodules = {id(module) for module in model.modules()}
+    assert layers and all(id(layer) in submodules for layer in layers)
+    method = lipbench.get_method(name)
+    bound = certificate(model, method)["lipschitz_bound"]
+    assert math.isfinite(bound) and bound > 0
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(16, *in_shape, generator=generator, dtype=torch.float64)
+    y = x + 0.05 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        ratios = (model(x) - model(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
+    tolerance = 1e-5 if method.exact else method.tolerance
+    assert float(ratios.max()) <= bound * (1 + tolerance), f"a pair of points stretches by {float(ratios.max())}"

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from lipbench import data
+from lipbench.datasets import cifar, fashion_mnist
+from lipbench.download import Archive
 from lipbench.errors import UserError
 
 
@@ -29,9 +31,9 @@ def test_fashion_mnist_reads_idx_files_from_data_dir(tmp_path, compress):
     rng = np.random.default_rng(0)
     arrays = {"x_train": rng.integers(0, 256, (12, 28, 28)), "y_train": rng.integers(0, 10, 12),
               "x_test": rng.integers(0, 256, (5, 28, 28)), "y_test": rng.integers(0, 10, 5)}
-    for key, stem in data.IDX_FILES.items():
+    for key, stem in fashion_mnist.IDX_FILES.items():
         write_idx(tmp_path / stem, arrays[key], compress)
-    loaded = data.load_fashion_mnist(str(tmp_path))
+    loaded = data.load_dataset("fashion-mnist", str(tmp_path))
     assert loaded.x_train.shape == (12, 1, 28, 28) and loaded.in_shape == (1, 28, 28)
     assert np.allclose(loaded.x_test.numpy()[:, 0] * 255, arrays["x_test"])
     assert loaded.y_train.tolist() == arrays["y_train"].tolist()
@@ -41,19 +43,21 @@ def test_truncated_idx_is_reported(tmp_path):
     write_idx(tmp_path / "bad", np.zeros((4, 3, 3)), compress=False)
     (tmp_path / "bad").write_bytes((tmp_path / "bad").read_bytes()[:-5])
     with pytest.raises(UserError, match="truncated"):
-        data.read_idx(tmp_path / "bad")
+        fashion_mnist.read_idx(tmp_path / "bad")
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", tmp_path / "absent")
     monkeypatch.delenv("LIPBENCH_DATA", raising=False)
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        data.load_dataset("fashion-mnist")
+    with pytest.raises(UserError, match="not in --data-dir"):  # a folder the user named never falls back
         data.load_dataset("fashion-mnist", str(tmp_path))
 
 
 def cifar_archive(name: str, n_train: int = 6, n_test: int = 4) -> bytes:
     """A small archive in CIFAR's own format (pickled dicts of uint8 rows)."""
-    archive = data.CIFAR_ARCHIVES[name]
+    archive = cifar.ARCHIVES[name]
     rng = np.random.default_rng(1)
     label_key, n_classes = (b"labels", 10) if name == "cifar10" else (b"fine_labels", 100)
     files = ({f"data_batch_{i}": n_train for i in range(1, 6)} | {"test_batch": n_test}) if name == "cifar10" \
@@ -72,7 +76,7 @@ def cifar_archive(name: str, n_train: int = 6, n_test: int = 4) -> bytes:
 
 @pytest.mark.parametrize("name, n_train, n_classes", [("cifar10", 30, 10), ("cifar100", 6, 100)])
 def test_cifar_archive_in_a_folder_is_extracted_and_read(tmp_path, name, n_train, n_classes):
-    (tmp_path / data.CIFAR_ARCHIVES[name].filename).write_bytes(cifar_archive(name))
+    (tmp_path / cifar.ARCHIVES[name].filename).write_bytes(cifar_archive(name))
     loaded = data.load_dataset(name, str(tmp_path), download=False)
     assert loaded.x_train.shape == (n_train, 3, 32, 32) and loaded.n_classes == n_classes
     assert float(loaded.x_train.max()) <= 1.0
@@ -95,9 +99,9 @@ def test_download_with_right_checksum(tmp_path, http_server, monkeypatch):
     served, url = http_server
     payload = cifar_archive("cifar10")
     (served / "cifar-10-python.tar.gz").write_bytes(payload)
-    monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar10",
-                        data.Archive(f"{url}/cifar-10-python.tar.gz", hashlib.md5(payload).hexdigest(),
-                                     "cifar-10-batches-py"))
+    monkeypatch.setitem(cifar.ARCHIVES, "cifar10",
+                        Archive(f"{url}/cifar-10-python.tar.gz", hashlib.md5(payload).hexdigest(),
+                                "cifar-10-batches-py", cifar.MIRROR_VARIABLE))
     loaded = data.load_dataset("cifar10", str(tmp_path / "store"))
     assert loaded.x_test.shape == (4, 3, 32, 32)
     assert (tmp_path / "store" / "cifar-10-python.tar.gz").is_file()
@@ -106,14 +110,14 @@ def test_download_with_right_checksum(tmp_path, http_server, monkeypatch):
 def test_download_with_wrong_checksum_keeps_nothing(tmp_path, http_server, monkeypatch):
     served, url = http_server
     (served / "cifar-100-python.tar.gz").write_bytes(cifar_archive("cifar100"))
-    monkeypatch.setenv(data.CIFAR_MIRROR_VARIABLE, url)  # the official md5 cannot match this archive
+    monkeypatch.setenv(cifar.MIRROR_VARIABLE, url)  # the official md5 cannot match this archive
     with pytest.raises(UserError, match="checksum mismatch"):
         data.load_dataset("cifar100", str(tmp_path / "store"))
     assert list((tmp_path / "store").iterdir()) == []
 
 
 def test_unreachable_download_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.CIFAR_MIRROR_VARIABLE, "http://127.0.0.1:9")
+    monkeypatch.setenv(cifar.MIRROR_VARIABLE, "http://127.0.0.1:9")
     with pytest.raises(UserError, match="download it yourself"):
         data.load_dataset("cifar10", str(tmp_path))
 
@@ -152,5 +156,5 @@ def test_image_folder_dataset(tmp_path):
 
 
 def test_unknown_dataset_lists_the_choices():
-    with pytest.raises(UserError, match="fashion-mnist, cifar10"):
+    with pytest.raises(UserError, match="cifar10, cifar100, fashion-mnist, synthetic; or a path"):
         data.load_dataset("imagenet-nope")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lipbench.train
-from lipbench.data import make_synthetic
+from lipbench.datasets.synthetic import make_synthetic
 from lipbench.distributed import World, check_batch_sizes, launch
 from lipbench.errors import UserError
 from lipbench.registry import create_model

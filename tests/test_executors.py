@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from lipbench.errors import UserError
-from lipbench.executors import (SlurmSettings, SubmititExecutor, create_executor, load_slurm_settings, parent_of,
-                                run_sweep, worker_environments)
-from lipbench.job import LOCK_NAME, lock_holder
-from lipbench.plan import JobConfig
+from lipbench.executors import create_executor, worker_environments
+from lipbench.executors.slurm import SlurmSettings, SubmititExecutor, load_slurm_settings, parent_of
+from lipbench.jobfolder import LOCK_NAME, lock_holder
+from lipbench.sweep import run_sweep
+from lipbench.settings import JobConfig
 
 LAYER = "lipnext"  # the fastest model to train and certify on CPU
 needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,

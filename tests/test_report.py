@@ -6,9 +6,14 @@ import re
 import pytest
 from rich.console import Console
 
-from lipbench.cli.report import print_board, report_into
-from lipbench.report import (PAPER, board_tables, latex_escape, latex_table, leaderboard, load_results,
-                             shown_metrics, undertrained, violations, write_report)
+from lipbench.report.board import leaderboard, shown_metrics
+from lipbench.report.cells import board_tables
+from lipbench.report.latex import latex_escape, latex_table
+from lipbench.report.metrics import PAPER
+from lipbench.report.notes import undertrained, violations
+from lipbench.report.pages import report_into, write_report
+from lipbench.report.runs import load_results
+from lipbench.report.terminal import print_board
 
 BUDGETS = {"2m": 120.0, "10m": 600.0}
 
@@ -276,7 +281,7 @@ def test_report_into_returns_the_sweeps_jobs_and_their_retries(results, tmp_path
     retry = record("aol", "S", "2m", 1000, cra=0.5, retry_of="earlier-job")
     write(tmp_path, retry["job_id"], retry)
     write(tmp_path, "other", record("cayley", "XS", "2m", 0))
-    board = report_into(tmp_path, [sweep_records()[0]["job_id"], sweep_records()[1]["job_id"], "earlier-job"])
+    board = report_into(tmp_path, [sweep_records()[0]["job_id"], sweep_records()[1]["job_id"], "earlier-job"], Console())
     assert sorted(zip(board["layer"], board["size"])) == [("aol", "S"), ("aol", "XS")]
     assert (tmp_path / "report" / "report.html").is_file()
-    assert report_into(tmp_path / "empty") is None
+    assert report_into(tmp_path / "empty", None, Console()) is None

@@ -104,7 +104,7 @@ def test_baseline_round_trip_and_hand_edits(tmp_path, suffix):
     config = speed.make_config("cpu", batch=8)
     speeds = speed.Speeds({"aol": {"train": speed.Sample([2.0, 2.2, 1.9], [9.0], [4.5]),
                                    "eval": speed.Sample([1.4, 1.5, 1.3], [2.0], [1.4])}},
-                          environment=speed.environment("cpu"))
+                          environment=speed.fingerprint("cpu"))
     path = tmp_path / f"baseline{suffix}"
     speed.save_document(speed.to_document(speeds, config), path)
     loaded_config, loaded = speed.from_document(speed.load_document(path))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lipbench.budget import load_budget
-from lipbench.job import FOREIGN_LOCK_STALE_S, LOCK_NAME, acquire_lock, lock_holder, lock_is_live
-from lipbench.plan import JobConfig
-from lipbench.runner import RetryPolicy, retry_for
+from lipbench.jobfolder import FOREIGN_LOCK_STALE_S, LOCK_NAME, acquire_lock, lock_holder, lock_is_live
+from lipbench.settings import JobConfig
+from lipbench.sweep import RetryPolicy, retry_for
 
 SWEEP = ["--budget", "3s", "--layers", "aol,standard", "--seeds", "0,1", "--dataset", "synthetic",
          "--batch-size", "16", "--no-save-model"]

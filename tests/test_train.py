@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import lipbench
 from lipbench.certify import certified_accuracy, margins
-from lipbench.data import load_dataset, make_synthetic
+from lipbench.data import load_dataset
+from lipbench.datasets.synthetic import make_synthetic
 from lipbench.registry import create_model
 from lipbench.train import TrainSettings, TrainingDiverged, offset_cross_entropy, one_cycle_lr, train
 

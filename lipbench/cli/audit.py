@@ -10,18 +10,18 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from lipbench.audit import (DENSE_LIMIT, EVAL_POINTS, LOWER_POINTS, LOWER_STEPS, SAMPLES, STEPS, audit_checkpoint,
-                            audit_job, read_json)
-from lipbench.certify import EPSILONS
+from lipbench.audit import EVAL_POINTS
+from lipbench.audit.bounds import DENSE_LIMIT
+from lipbench.audit.empirical import LOWER_POINTS, LOWER_STEPS, SAMPLES, STEPS
+from lipbench.audit.ondisk import audit_checkpoint, audit_job
 from lipbench.cli import app
+from lipbench.cli.common import load_plugins
 from lipbench.errors import UserError
-from lipbench.job import CONFIG_NAME, MODEL_NAME
-from lipbench.plan import JobConfig
-from lipbench.records import RECORD_NAME
-from lipbench.registry import load_plugin
+from lipbench.jobfolder import CONFIG_NAME, MODEL_NAME, RECORD_NAME, read_json, read_record
+from lipbench.radii import RADII
+from lipbench.settings import JobConfig
 
 console = Console()
-RADIUS_LABELS = {"cra_36": "36", "cra_72": "72", "cra_108": "108", "cra_255": "255"}
 
 
 @app.command("audit")
@@ -40,7 +40,7 @@ def audit_command(
                                                          "(default: the method's declared tolerance)."),
     recompute_cra: bool = typer.Option(False, help="Recompute the CRA on the whole test set even when the "
                                                    "recorded certificates stand."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] (default: the job's device)."),
+    device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset files."),
     plugin: Optional[list[str]] = typer.Option(None, help="Module or .py file that registers layers, repeatable."),
     write: bool = typer.Option(True, help="Write each audit into its job's record.json (under 'audit')."),
@@ -55,19 +55,23 @@ def audit_command(
 
     Example: lipbench audit results/            (every finished job, one row each)
     """
-    for module in plugin or []:
-        load_plugin(module)
+    load_plugins(plugin)
     options = dict(samples=samples, steps=steps, eval_points=eval_points, lower_points=lower_points,
                    lower_steps=lower_steps, dense_limit=dense_limit, tolerance=tolerance,
                    recompute_cra=recompute_cra, device=device, data_dir=data_dir)
-    audits = []
-    for label, target in resolve_runs(run, config):
+    audits, skipped = [], []
+    runs = resolve_runs(run, config)
+    for label, target in runs:
         if not as_json:
             console.print(f"[dim]auditing {label}...[/]")
-        if isinstance(target, Path) and write:
-            audit = audit_job(target, **options)
-        else:
-            audit = audit_target(target, **options)
+        try:
+            audit = audit_target(target, write, **options)
+        except UserError as error:
+            if len(runs) == 1:
+                raise
+            skipped.append(f"skipped {label}: {error}")  # one bad job does not stop the audit of the others
+            console.print(f"[yellow]{skipped[-1]}[/]", highlight=False)
+            continue
         audits.append({"run": label, **audit})
         if not as_json and len(audits) == 1 and not run_is_folder(run):
             print_audit(audit)
@@ -79,6 +83,8 @@ def audit_command(
         print_alarms(audit, as_json)
     if any(not audit["passed"] for audit in audits):
         raise typer.Exit(1)
+    if skipped:
+        raise UserError(f"{len(skipped)} run(s) could not be audited (see the lines above)")
 
 
 def run_is_folder(run: Path) -> bool:
@@ -97,13 +103,13 @@ def resolve_runs(run: Path, config: Optional[Path]) -> list[tuple[str, Any]]:
         if config is None and run.name == MODEL_NAME and record_path.is_file():
             return [(str(run.parent), run.parent)]
         record = read_json(record_path) if record_path.is_file() and config is None else None
-        return [(str(run), (run, JobConfig.from_dict(read_json(config_path)), record))]
+        return [(str(run), (run, JobConfig.from_dict(read_json(config_path), str(config_path)), record))]
     if (run / CONFIG_NAME).is_file():
         return [(str(run), run)]
     if run_is_folder(run):
         jobs = []
         for job in sorted(path.parent for path in (run / "jobs").glob(f"*/{CONFIG_NAME}")):
-            record = read_json(job / RECORD_NAME) if (job / RECORD_NAME).is_file() else {}
+            record = read_record(job) or {}
             if record.get("status") != "ok" or not (job / MODEL_NAME).is_file():
                 console.print(f"[yellow]skipped {job.name}: status {record.get('status', 'unknown')}"
                               f"{'' if (job / MODEL_NAME).is_file() else ', no model.pt'}[/]")
@@ -115,12 +121,10 @@ def resolve_runs(run: Path, config: Optional[Path]) -> list[tuple[str, Any]]:
     raise UserError(f"{run} is neither a job folder (config.json), a results folder (jobs/) nor a checkpoint")
 
 
-def audit_target(target: Any, **options: Any) -> dict[str, Any]:
-    """Audit without writing: a job folder (--no-write) or a checkpoint with its config."""
+def audit_target(target: Any, write: bool, **options: Any) -> dict[str, Any]:
+    """Audit a job folder (into its record with ``write``) or a checkpoint with its config (never written)."""
     if isinstance(target, Path):
-        record = read_json(target / RECORD_NAME)
-        return audit_checkpoint(target / MODEL_NAME, JobConfig.from_dict(read_json(target / CONFIG_NAME)),
-                                record, **options)
+        return audit_job(target, write, **options)
     checkpoint, config, record = target
     return audit_checkpoint(checkpoint, config, record, **options)
 
@@ -155,9 +159,9 @@ def print_audit(audit: dict[str, Any]) -> None:
                     bound_text(audit["sound_bound"]))
     summary.add_row("empirical lower bound", bound_text(audit["lower_bound"]))
     summary.add_row("violations / attacked", f"{audit['violations']} / {sum(audit['attacked'].values())}")
-    for key in EPSILONS:
-        difference = audit["cra_difference"][key]
-        summary.add_row(f"CRA {RADIUS_LABELS[key]}/255 % recorded → sound",
+    for radius in RADII:
+        key, difference = radius.key, audit["cra_difference"][radius.key]
+        summary.add_row(f"CRA {radius.label} % recorded → sound",
                         f"{percent(audit['cra_recorded'][key])} → {percent(audit['cra_sound'][key])}"
                         + ("" if difference is None else f" ({100 * difference:+.1f})"))
     summary.add_row("seconds", f"{audit['seconds']:.1f}")

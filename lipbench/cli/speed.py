@@ -102,7 +102,7 @@ def speed_command(
     save: Annotated[Optional[Path], typer.Option(help="Write a baseline file (JSON, or YAML by extension).")] = None,
 ) -> None:
     plugins = load_plugins(plugin)
-    config = speed.make_config(speed.resolve_device(device), dtype, kind, batch, channels, size, kernel, clock,
+    config = speed.make_config(speed.device_class(device), dtype, kind, batch, channels, size, kernel, clock,
                                pairs=pairs, block_ms=block_ms, warmup_ms=warmup_ms, threads=threads)
     names = layers_of_kind(resolve_layers(layers or "*"), kind)
     console.print(f"measuring {', '.join(names)}: {describe(config, processes)}", highlight=False)
@@ -182,7 +182,7 @@ def check_command(
     if baseline is not None:
         config, before, after = measure_against_baseline(baseline, layers, device, plugins, processes, alpha)
     else:
-        config = speed.make_config(speed.resolve_device(device or "auto"), dtype, kind, batch, channels, size,
+        config = speed.make_config(speed.device_class(device or "auto"), dtype, kind, batch, channels, size,
                                    kernel, clock, pairs=pairs, block_ms=block_ms, warmup_ms=warmup_ms, threads=threads)
         before, after = measure_against_revision(against, config, layers, plugins, processes, alpha)
     factor = factor or speed.DEFAULT_FACTOR[config.device]
@@ -206,10 +206,10 @@ def measure_against_baseline(baseline: Path, layers: Optional[str], device: Opti
                              processes: int, alpha: float) -> tuple[speed.Config, speed.Speeds, speed.Speeds]:
     """The baseline's config and speeds, and this code's speeds measured the same way."""
     config, before = speed.from_document(speed.load_document(baseline), str(baseline))
-    wanted = speed.resolve_device(device) if device else config.device
+    wanted = speed.device_class(device) if device else config.device
     if wanted != config.device:
         raise UserError(f"not comparable: {baseline} was measured on {config.device}, this check runs on {wanted}")
-    speed.resolve_device(config.device)  # a cuda baseline on a machine without a GPU is not comparable either
+    speed.device_class(config.device)  # a cuda baseline on a machine without a GPU is not comparable either
     names = [name for name in before.samples
              if not layers or any(fnmatch.fnmatchcase(name, pattern.strip()) for pattern in layers.split(","))]
     if not names:
@@ -266,7 +266,7 @@ def require_power(before_count: int, processes: int, alpha: float) -> None:
 
 def warn_about_environment(recorded: dict, config: speed.Config) -> None:
     """Note what differs from the machine the baseline was measured on (ratios stay comparable)."""
-    current = speed.environment(config.device)
+    current = speed.fingerprint(config.device)
     for key in ("device", "cpu_count", "torch", "lipbench"):
         if key in recorded and recorded[key] != current[key]:
             console.print(f"[yellow]note:[/] baseline {key} {recorded[key]!r}, here {current[key]!r}", highlight=False)

@@ -8,11 +8,14 @@ import typer
 
 from lipbench.budget import load_budget
 from lipbench.cli import app
-from lipbench.cli.run import ProgressObserver, check_datasets, console, split
+from lipbench.cli.common import ProgressObserver, check_datasets, console, load_plugins, split
+from lipbench.device import resolve_device
 from lipbench.errors import UserError
+from lipbench.executors import create_executor
+from lipbench.jobfolder import write_text_atomic
 from lipbench.plan import expand
-from lipbench.registry import load_plugin, resolve_layers
-from lipbench.runner import FINISHED, RetryPolicy, existing_record, existing_status, run_jobs
+from lipbench.registry import resolve_layers
+from lipbench.sweep import RetryPolicy, run_sweep
 from lipbench.tune import best_settings, trials, tuned_preset
 
 
@@ -36,24 +39,26 @@ def tune_command(
     never on the test set. The best (by CRA at 36/255) per layer and size is written to
     OUT/tuned.yaml, a budget preset: `lipbench run --budget OUT/tuned.yaml` uses it.
     """
-    for module in plugin or []:
-        load_plugin(module)
+    plugins = load_plugins(plugin)
     if not 0 < holdout < 1:
         raise UserError(f"--holdout must be between 0 and 1, not {holdout}")
+    if trial_count < 1:
+        raise UserError(f"--trials must be at least 1, not {trial_count}")
+    resolve_device(device)
     base_budget = load_budget(budget)
-    base = expand(resolve_layers(layers), split(sizes), [dataset], [base_budget], [seed], {}, device=device,
-                  data_dir=data_dir, plugins=tuple(plugin or ()), save_model=False)
+    base = expand(resolve_layers(layers), split(sizes, "--sizes"), [dataset], [base_budget], [seed], {},
+                  device=device, data_dir=data_dir, plugins=plugins, save_model=False)
+    if not base:
+        raise UserError("nothing to tune: no layer offers the requested sizes (see `lipbench layers`)")
     check_datasets([dataset], data_dir)
     jobs = trials(base, trial_count, holdout, seed)
     console.print(f"{len(jobs)} trials ({trial_count} per layer and size) of {base_budget.name} each")
-    done = [r for r in (existing_record(out, job) for job in jobs) if r and r.get("status") in FINISHED]
-    pending = [job for job in jobs if existing_status(out, job) not in FINISHED]
-    records = done + run_jobs(out, pending, ProgressObserver(), RetryPolicy(0, 0))
+    records = run_sweep(out, jobs, create_executor("local", device), ProgressObserver(), RetryPolicy(0, 0))
     chosen = best_settings(records)
     if not chosen:
         raise UserError("no trial finished; see the records under " + str(out / "jobs"))
     preset = out / "tuned.yaml"
-    preset.write_text(tuned_preset(base[0], chosen))
+    write_text_atomic(preset, tuned_preset(base[0], chosen))
     for key, value in chosen.items():
         console.print(f"{key}: lr {value['lr']:g}, weight decay {value['weight_decay']:g}")
     console.print(f"written: {preset} (use with --budget {preset})")
