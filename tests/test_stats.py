@@ -1,9 +1,14 @@
-"""Intervals and ranked groups (lipbench.stats) against hand computations, closed forms and printed tables."""
+"""Intervals and ranked groups (lipbench.stats) against hand computations, closed forms and printed tables;
+the plots of lipbench.plots_stats by the artists they draw."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
+from lipbench.plots_stats import plot_cra_intervals, plot_reproduced_vs_reported
+from lipbench.references import paper_columns
 from lipbench.stats import (accuracy_interval, compare, group_labels, mean_interval, normal_quantile,
                             parse_range_label, rank_ranges, regularized_beta, seed_range, t_cdf, t_quantile,
                             tied_with_best, welch_t_test, wilson_interval)
@@ -124,3 +129,44 @@ def test_single_seeds_compare_by_their_wilson_intervals():
     assert group_labels([{0: 70.0}, {0: 60.0}], n_test=10000) == ["1", "2"]
     assert group_labels([{0: 60.4}, {0: 60.0}], n_test=10000) == ["1-2", "1-2"]  # 0.4 points on 10,000 points
     assert group_labels([{0: 70.0}, {0: 60.0}]) == ["1-2", "1-2"]  # no test-set size: no evidence either way
+
+
+# --- plots (lipbench.plots_stats): artists from constructed data, never pixels ------------------------------
+
+def board_with_intervals():
+    """Three rows of seeds -> the columns the report would write: cra_36, its interval and the group."""
+    seeds = {("soc", "M"): [66.0, 66.5, 67.0], ("cpl", "M"): [65.8, 66.4, 66.9], ("aol", "M"): [60.0, 60.2, 60.4]}
+    rows = [{seed: value for seed, value in enumerate(values)} for values in seeds.values()]
+    frame = pd.DataFrame([{"layer": layer, "size": size, "dataset": "cifar10", "budget": "24h", "variant": "",
+                           "cra_36": float(np.mean(values)), "cra_36_ci_low": mean_interval(values).low,
+                           "cra_36_ci_high": mean_interval(values).high} for (layer, size), values in seeds.items()])
+    frame["group"] = group_labels(rows)
+    papers = pd.DataFrame([paper_columns(row) for _, row in frame.iterrows()])
+    return pd.concat([frame, papers], axis=1)
+
+
+def test_plot_cra_intervals_draws_a_bar_per_row_and_shades_the_tied_rows():
+    frame = board_with_intervals()
+    assert list(frame["group"]) == ["1-2", "1-2", "3"]
+    axes = Figure().add_subplot()
+    plot_cra_intervals(frame, axes)
+    assert len(axes.patches) == 2  # one shaded band per row tied with the best
+    bars = axes.containers[0]
+    assert len(bars.lines[2][0].get_segments()) == 3  # an interval per row
+    assert [tick.get_text() for tick in axes.get_yticklabels()] == ["soc M", "cpl M", "aol M"]
+    assert axes.get_ylim()[0] > axes.get_ylim()[1]  # first row on top
+
+
+def test_plot_reproduced_vs_reported_puts_matched_rows_against_the_diagonal():
+    frame = board_with_intervals()
+    assert list(frame["paper_cra_36"]) == [66.3, 65.1, 61.0]  # Prach et al., Table 9, 24h M
+    axes = Figure().add_subplot()
+    plot_reproduced_vs_reported(frame, axes)
+    (x, y), = axes.containers[0].lines[0].get_xydata()[:1]
+    assert (x, y) == (66.3, pytest.approx(66.5))
+    assert [text.get_text() for text in axes.texts] == ["soc M", "cpl M", "aol M"]
+    diagonal = [line for line in axes.lines if line.get_linestyle() == "--"]
+    assert len(diagonal) == 1 and list(diagonal[0].get_xdata()) == list(diagonal[0].get_ydata())
+    empty = Figure().add_subplot()
+    plot_reproduced_vs_reported(frame.assign(paper_cra_36=float("nan")), empty)
+    assert "no run matches" in empty.texts[0].get_text()
