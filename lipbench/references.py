@@ -39,6 +39,14 @@ SETTING_KEYS = ("method", "size", "dataset", "budget", "epochs", "extra_data", "
 ENTRY_KEYS = {*SETTING_KEYS, *ACCURACIES, "source", "note", "failed", "corrected", "repository"}
 SUPPLEMENT_KEYS = {*ACCURACIES, "source"}
 SHIPPED = "lipbench.references_data"
+# For the report's "how to read this" (same form as lipbench.report.HOW_TO_READ).
+READING = [
+    ("Paper", "the number a paper reports for the same method, size, dataset and budget preset (and layer "
+              "options), and the row's difference to it (lipbench minus paper, in points); `lipbench references` "
+              "lists them with their sources. The papers' budgets were epoch counts measured once on their GPU "
+              "(an A100 for Prach et al.), lipbench's are training time on the device that ran the job, so a "
+              "difference also reflects the hardware."),
+]
 
 
 @dataclass(frozen=True)

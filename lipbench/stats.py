@@ -2,9 +2,9 @@
 
 Which interval the report shows for an accuracy (``accuracy_interval``):
 
-* two or more seeds: the t-interval over the seeds, mean ± t(1 - α/2, n - 1) · s / √n. It covers what
-  changes from one training run to the next (initialization, data order), the variation that decides
-  whether another run of the method would rank the same.
+* two or more seeds: the t-interval of the mean over the seeds, mean ± t(1 - α/2, n - 1) · s / √n. Its
+  width comes from what changes from one training run to the next (initialization, data order), the
+  variation that decides whether two methods' ranks can be trusted.
 * one seed: the Wilson score interval of k correct (or certified) test points out of n. It covers only the
   finite test set, not the seed-to-seed variation, so it is usually narrower than a seed interval would be;
   Wilson rather than the normal approximation because it stays inside [0, 1] and keeps its coverage near
@@ -35,6 +35,23 @@ from typing import Mapping, Sequence
 import numpy as np
 
 LEVEL = 0.95
+# For the report's "how to read this" (same form as lipbench.report.HOW_TO_READ).
+READING = [
+    ("Intervals", "[low, high] after an accuracy is a 95% confidence interval. With two or more seeds it is the "
+                  "t-interval of the mean over seeds (mean ± t·s/√n, t for n−1 degrees of freedom): the uncertainty "
+                  "of the mean that comes from the variation between training runs. With one seed it is the Wilson score interval of k "
+                  "certified (or correct) test points out of n: it covers only the finite test set, not the "
+                  "variation between training runs, and is therefore narrower than a seed interval would be. "
+                  "Throughput and memory show the lowest and highest value over seeds."),
+    ("Groups", "rows of one dataset and budget are compared at CRA 36/255 by a two-sided test at the 5% level: a "
+               "paired t-test on the per-seed differences where at least two seeds match, Welch's t-test where "
+               "both rows have two or more seeds, and non-overlapping 95% intervals where a row has one seed. "
+               "The group is the range of ranks a row could hold: from one plus the number of rows "
+               "significantly above it to the number of rows not significantly below it; \"1-3\" means first "
+               "to third. Rows whose group starts at 1 (shaded in the plots) are statistically "
+               "indistinguishable from the best: no row is significantly better. Each pair is tested on its "
+               "own, without a correction for the number of pairs."),
+]
 MAX_FRACTION_TERMS = 100_000  # continued-fraction terms; convergence takes O(sqrt(df)) of them
 FRACTION_EPS = 1e-15
 TINY = 1e-300
@@ -147,12 +164,13 @@ def wilson_interval(k: int, n: int, level: float = LEVEL) -> Interval:
 def accuracy_interval(values_pct: Sequence[float], n_test: int | None = None, level: float = LEVEL) -> Interval:
     """The interval the report shows for an accuracy in percent over the seeds that finished.
 
-    Two or more seeds: the t-interval. One seed: the Wilson interval of round(acc · n_test / 100) points out
+    Two or more seeds: the t-interval, clipped to [0, 100]. One seed: the Wilson interval of round(acc · n_test / 100) points out
     of ``n_test`` (in percent); without ``n_test``, or without any value, no interval (NaN).
     """
     values = [float(v) for v in values_pct if v is not None and math.isfinite(v)]
     if len(values) >= 2:
-        return mean_interval(values, level)
+        interval = mean_interval(values, level)
+        return Interval(max(0.0, interval.low), min(100.0, interval.high), "t")  # an accuracy stays in [0, 100]
     if len(values) == 1 and n_test:
         interval = wilson_interval(round(values[0] / 100.0 * n_test), n_test, level)
         return Interval(100.0 * interval.low, 100.0 * interval.high, "wilson")
