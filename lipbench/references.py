@@ -23,9 +23,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from lipbench.budget import parse_duration
-from lipbench.certify import EPSILONS
-from lipbench.data import BUILTIN_DATASETS
+from lipbench.data import dataset_names
 from lipbench.errors import UserError
+from lipbench.radii import EPSILONS
 from lipbench.registry import list_layers
 
 ACCURACIES = ("clean_acc", *EPSILONS)  # in percent, as the papers print them and the leaderboard holds them
@@ -184,9 +184,9 @@ def parse_entry(paper: Paper, where: str, entry: Any, methods: set[str]) -> Refe
     if entry["method"] not in methods:
         raise UserError(f"{where}: unknown method {entry['method']!r} (registered or known: "
                         f"{', '.join(sorted(methods))})")
-    if entry["dataset"] not in (*BUILTIN_DATASETS, *PAPER_DATASETS):
+    if entry["dataset"] not in (*dataset_names(), *PAPER_DATASETS):
         raise UserError(f"{where}: unknown dataset {entry['dataset']!r} "
-                        f"(known: {', '.join((*BUILTIN_DATASETS, *PAPER_DATASETS))})")
+                        f"(known: {', '.join((*dataset_names(), *PAPER_DATASETS))})")
     printed = accuracies(entry, where)
     if not printed:
         raise UserError(f"{where}: no accuracy (give one of {', '.join(ACCURACIES)})")
@@ -341,7 +341,7 @@ def select(references: Iterable[Reference], methods: str = "*", datasets: str = 
     """
     references = list(references)
     method_names = resolve(methods, sorted(set(list_layers()) | set(KNOWN_METHODS)), "method")
-    dataset_names = resolve(datasets, [*BUILTIN_DATASETS, *PAPER_DATASETS], "dataset")
+    dataset_names = resolve(datasets, [*dataset_names(), *PAPER_DATASETS], "dataset")
     paper_names = resolve(papers, sorted({r.paper.id for r in references}), "paper")
     return [r for r in references if r.method in method_names and r.dataset in dataset_names
             and r.paper.id in paper_names]
