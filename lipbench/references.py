@@ -341,9 +341,9 @@ def select(references: Iterable[Reference], methods: str = "*", datasets: str = 
     """
     references = list(references)
     method_names = resolve(methods, sorted(set(list_layers()) | set(KNOWN_METHODS)), "method")
-    dataset_names = resolve(datasets, [*dataset_names(), *PAPER_DATASETS], "dataset")
+    datasets_chosen = resolve(datasets, [*dataset_names(), *PAPER_DATASETS], "dataset")
     paper_names = resolve(papers, sorted({r.paper.id for r in references}), "paper")
-    return [r for r in references if r.method in method_names and r.dataset in dataset_names
+    return [r for r in references if r.method in method_names and r.dataset in datasets_chosen
             and r.paper.id in paper_names]
 
 
