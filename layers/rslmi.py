@@ -86,16 +86,17 @@ def sketched_lmi(linear_map: Callable[[Tensor], Tensor], sketch: Tensor, tau: Te
         return tau * (inputs @ inputs.T) - images @ images.T
 
 
-def psd_violation(matrix: Tensor) -> Tensor:
-    """Squared Frobenius distance of a symmetric matrix to the PSD cone: sum of its negative eigenvalues squared.
+def psd_violation(matrices: Tensor) -> Tensor:
+    """Squared Frobenius distance of symmetric matrices (..., m, m) to the PSD cone: the sum of each one's
+    negative eigenvalues squared; one batched eigenvalue call for all of them.
 
-    Diverged weights make the matrix non-finite, where LAPACK's eigh fails with a misleading
-    "ill-conditioned" error; the penalty is then NaN instead, so training reports the divergence.
+    Diverged weights make a matrix non-finite, where LAPACK's eigh fails with a misleading
+    "ill-conditioned" error; its penalty is then NaN instead, so training reports the divergence.
     """
-    finite = torch.isfinite(matrix)
-    eigenvalues = torch.linalg.eigvalsh(torch.where(finite, matrix, 0.0).double())
-    not_finite = torch.where(finite, 0.0, float("nan")).sum()  # NaN iff any entry is; no host sync
-    return eigenvalues.clamp(max=0).pow(2).sum().to(matrix.dtype) + not_finite
+    finite = torch.isfinite(matrices)
+    eigenvalues = torch.linalg.eigvalsh(torch.where(finite, matrices, 0.0).double())
+    not_finite = torch.where(finite, 0.0, float("nan")).sum(dim=(-2, -1))  # NaN iff any entry is; no host read
+    return eigenvalues.clamp(max=0).pow(2).sum(dim=-1).to(matrices.dtype) + not_finite
 
 
 class SketchedLMI(nn.Module):
@@ -117,12 +118,14 @@ class SketchedLMI(nn.Module):
     def tau(self) -> Tensor:
         return self.log_tau.exp()
 
-    def constraint_loss(self, input_shape: tuple[int, ...]) -> Tensor:
-        """tau_weight * tau + penalty_weight * P(W, tau) on a fresh random subspace."""
-        tau = self.tau()
+    def sketched_constraint(self, input_shape: tuple[int, ...]) -> Tensor:
+        """A_k = Q^T (tau I - W^T W) Q on a fresh random subspace Q."""
         basis = orthonormal_sketch(input_shape, self.settings.sketch_dim, self.weight)
-        violation = psd_violation(sketched_lmi(self.weight_map, basis, tau))
-        return self.settings.tau_weight * tau + self.settings.penalty_weight * violation
+        return sketched_lmi(self.weight_map, basis, self.tau())
+
+    def constraint_loss(self, violation: Tensor) -> Tensor:
+        """tau_weight * tau + penalty_weight * P(W, tau), given P (the PSD violation of the sketched constraint)."""
+        return self.settings.tau_weight * self.tau() + self.settings.penalty_weight * violation
 
     def power_iteration_norm(self, input_shape: tuple[int, ...]) -> float:
         """A LOWER estimate of the operator norm, to show the sound bound's slack (never a certificate).
@@ -177,8 +180,18 @@ def sketched_layers(model: nn.Module) -> list[tuple[SketchedLMI, tuple[int, ...]
 
 
 def rslmi_loss(model: nn.Module) -> Tensor:
-    """sum_k [tau_weight * tau_k + penalty_weight * P_k], added to the task loss every step."""
-    return sum(layer.constraint_loss(shape) for layer, shape in sketched_layers(model))
+    """sum_k [tau_weight * tau_k + penalty_weight * P_k], added to the task loss every step; the P_k of all
+    layers whose sketches have one size come from one batched eigenvalue call."""
+    layers = sketched_layers(model)
+    constraints = [layer.sketched_constraint(shape) for layer, shape in layers]
+    violations: list[Tensor | None] = [None] * len(layers)
+    sizes: dict[int, list[int]] = {}
+    for index, matrix in enumerate(constraints):
+        sizes.setdefault(matrix.shape[-1], []).append(index)
+    for indices in sizes.values():
+        for index, violation in zip(indices, psd_violation(torch.stack([constraints[i] for i in indices]))):
+            violations[index] = violation
+    return sum(layer.constraint_loss(violation) for (layer, _), violation in zip(layers, violations))
 
 
 def rslmi_certificate(model: nn.Module) -> dict:

@@ -26,7 +26,8 @@ from lipbench.settings import MAX_BUDGET_S, PROTOCOL_KEYS, check_settings
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhd]))")
-PRESET_KEYS = {"budget", "description", "methods", *PROTOCOL_KEYS}
+PRESET_KEYS = {"budget", "description", "extends", "mode", "methods", *PROTOCOL_KEYS}
+MODES = ("time", "epochs")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Budget:
     seconds: float
     protocol: dict[str, Any] = field(default_factory=dict)
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    epochs_required: bool = False  # mode: epochs: every job must get an epoch count from the preset
 
 
 def parse_duration(text: str) -> float:
@@ -98,9 +100,24 @@ def parse_preset(name: str, text: str, origin: str) -> Budget:
     methods = document.get("methods") or {}
     if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
         raise UserError(f"{origin}: `methods:` must map method names to settings, e.g. methods: {{lot: {{lr: 0.005}}}}")
-    return Budget(name=name, seconds=parse_duration(str(document["budget"])),
-                  protocol=check_settings({k: v for k, v in document.items() if k in PROTOCOL_KEYS}, origin),
-                  per_method={m: check_settings(v, f"{origin} (methods.{m})") for m, v in methods.items()})
+    mode = document.get("mode", "time")
+    if mode not in MODES:
+        raise UserError(f"{origin}: mode must be {' or '.join(MODES)}, not {mode!r}")
+    own = Budget(name=name, seconds=parse_duration(str(document["budget"])),
+                 protocol=check_settings({k: v for k, v in document.items() if k in PROTOCOL_KEYS}, origin),
+                 per_method={m: check_settings(v, f"{origin} (methods.{m})") for m, v in methods.items()},
+                 epochs_required=mode == "epochs")
+    return extend(load_budget(str(document["extends"])), own, origin) if "extends" in document else own
+
+
+def extend(base: Budget, own: Budget, origin: str) -> Budget:
+    """``own`` on top of the preset it extends: its protocol and per-method settings override the base's."""
+    if not base.protocol and not base.per_method:
+        raise UserError(f"{origin}: extends {base.name!r}, which is no preset ({', '.join(preset_names())})")
+    per_method = {key: {**base.per_method.get(key, {}), **own.per_method.get(key, {})}
+                  for key in [*base.per_method, *(k for k in own.per_method if k not in base.per_method)]}
+    return replace(own, protocol={**base.protocol, **own.protocol}, per_method=per_method,
+                   epochs_required=own.epochs_required or base.epochs_required)
 
 
 

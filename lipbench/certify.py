@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lipbench.data import Dataset
-from lipbench.device import peak_memory_mb, reset_peak_memory, strict_fp32, synchronize
+from lipbench.device import PeakMemory, strict_fp32, synchronize
 from lipbench.radii import EPSILONS
 from lipbench.registry import LayerMethod
 
@@ -82,9 +82,9 @@ def certify_and_measure(model: nn.Module, method: LayerMethod, data: Dataset, ba
     test margins (the audit reuses them). Gradients are freed first, so the inference peak holds none."""
     model.zero_grad(set_to_none=True)
     with strict_fp32():
-        reset_peak_memory(device)
-        margin, measured = evaluate(model, data.x_test, data.y_test, data.mean, batch_size, device)
-        measured["infer_peak_memory_mb"] = peak_memory_mb(device)[0]
+        with PeakMemory(device) as memory:
+            margin, measured = evaluate(model, data.x_test, data.y_test, data.mean, batch_size, device)
+        measured["infer_peak_memory_mb"] = memory.peak_mb
         measured.update(certificate(model, method))
     measured.update(certified_accuracy(margin.cpu(), measured["lipschitz_bound"]))
     return measured, margin

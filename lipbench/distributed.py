@@ -12,8 +12,9 @@ Every replica
   optimizer step to the same averaged gradient, so the weights stay identical on all ranks, the
   orthogonal ones of a Riemannian optimizer included;
 * agrees with the others on every decision the clock makes: the planned number of steps (the
-  smallest plan wins) and stopping at the deadline (one rank out of time stops all), through a small
-  CPU (gloo) group, so no rank waits forever in a collective the others have left.
+  smallest plan wins) and how many steps may start before the deadline (the fewest wins), at the loop's
+  periodic reads only, through a small CPU (gloo) group, so no rank waits forever in a collective the
+  others have left.
 
 Collectives run on nccl on CUDA, gloo on CPU. Throughput counts the images of all ranks. Rank 0 alone
 logs events, writes checkpoints and the record, and certifies (see :mod:`lipbench.job`).
@@ -118,10 +119,6 @@ class World:
         total = value.detach().clone()
         dist.all_reduce(total)
         return float(total) / self.size
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is true on one."""
-        return bool(self.agree(int(flag), dist.ReduceOp.MAX))
 
     def least(self, value: int) -> int:
         """The smallest of the ranks' values, on every rank."""

@@ -66,8 +66,12 @@ def skew_kernel(kernel: Tensor) -> Tensor:
 
 
 def spectrum_by_frequency(x: Tensor, channels: int | None = None) -> Tensor:
-    """rfft2 of x (batch, in, h, w) as (h * (w//2 + 1), batch, channels), channels zero-padded to ``channels``."""
-    spectrum = torch.fft.rfft2(x).flatten(2).permute(2, 0, 1)
+    """rfft2 of x (batch, in, h, w) as (h * (w//2 + 1), batch, channels), channels zero-padded to ``channels``.
+
+    The transform runs in float32 at least (CUDA's FFT refuses bfloat16, and bf16 spectra lose the
+    precision the orthogonal matrices keep); under autocast the caller's next layer casts back.
+    """
+    spectrum = torch.fft.rfft2(x.to(torch.promote_types(x.dtype, torch.float32))).flatten(2).permute(2, 0, 1)
     if channels is not None and channels > x.shape[1]:
         spectrum = F.pad(spectrum, (0, channels - x.shape[1]))
     return spectrum.contiguous()
@@ -91,10 +95,11 @@ def fourier_conv(x: Tensor, matrices: Tensor, bias: Tensor | None = None) -> Ten
     frequency.
     """
     height, width = x.shape[-2:]
-    product = spectrum_by_frequency(x) @ matrices.flatten(0, 1).mT  # (freq, batch, out)
-    if bias is not None:
-        product[0] += bias * (height * width)
-    return from_spectrum_by_frequency(product, (height, width))
+    with torch.autocast(x.device.type, enabled=False):
+        product = spectrum_by_frequency(x) @ matrices.flatten(0, 1).mT  # (freq, batch, out)
+        if bias is not None:
+            product[0] += bias * (height * width)
+        return from_spectrum_by_frequency(product, (height, width))
 
 
 class _CircularPad(torch.autograd.Function):

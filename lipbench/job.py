@@ -37,12 +37,12 @@ import torch
 from lipbench.audit import audit_model
 from lipbench.certify import certify_and_measure
 from lipbench.data import Dataset, copy_to, holdout_split, load_dataset
-from lipbench.device import peak_memory_mb, reset_peak_memory, resolve_device
+from lipbench.device import MIB, PeakMemory, resolve_device
 from lipbench.distributed import World, launch, requested_processes
 from lipbench.environment import fingerprint
 from lipbench.errors import UserError
 from lipbench.jobfolder import (ATTEMPT_VARIABLE, CHECKPOINT_NAME, DONE_EXIT, EVENTS_NAME, FINISHED, LOCKED_EXIT,
-                                MODEL_NAME, RENDEZVOUS_NAME, REPLACE_VARIABLE, TIMEOUT_EXIT, WRITE_FAILED_EXIT, Status,
+                                MODEL_NAME, RENDEZVOUS_NAME, REPLACE_VARIABLE, THREADS_VARIABLE, TIMEOUT_EXIT, WRITE_FAILED_EXIT, Status,
                                 WriteError, acquire_lock, failure_record, keep_earlier_record, now_iso, read_config,
                                 read_record, release_lock, time_limit, write_record)
 from lipbench.contracts import count_parameters
@@ -71,6 +71,11 @@ def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Mo
     return data, model
 
 
+def dataset_bytes(data: Dataset) -> int:
+    """What the dataset itself holds on the device (reported apart from the training peak)."""
+    return sum(t.element_size() * t.nelement() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+
+
 def job_record(config: JobConfig, method: LayerMethod, world: World, device: torch.device) -> dict[str, Any]:
     """The record of a job that has just started: its settings, what its method promises, where it runs.
     Its status says ``error`` until the job replaces it."""
@@ -94,11 +99,12 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
     record = job_record(config, method, world, device)
     try:
         data, model = build(config, device)
-        reset_peak_memory(device)
-        report = train(model, method, data, config, device, config.seed, log,
-                       checkpoint=job_dir / CHECKPOINT_NAME, world=world)
-        record.update(report.fields(), params=count_parameters(model), n_classes=data.n_classes)
-        record["peak_memory_mb"], record["memory_counter"] = peak_memory_mb(device)
+        record.update(dataset_memory_mb=dataset_bytes(data) / MIB, n_test=len(data.y_test))
+        with PeakMemory(device) as memory:
+            report = train(model, method, data, config, device, config.seed, log,
+                           checkpoint=job_dir / CHECKPOINT_NAME, world=world)
+        record.update(report.fields(), params=count_parameters(model), n_classes=data.n_classes,
+                      peak_memory_mb=memory.peak_mb, memory_counter=memory.counter)
         if config.save_model:
             save_weights(model, job_dir / MODEL_NAME)
         log({"phase": "certify"})
@@ -188,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if os.environ.get(THREADS_VARIABLE):  # a share of the cores, when the sweep runs several jobs at once
+        torch.set_num_threads(int(os.environ[THREADS_VARIABLE]))
     world = World.from_environment()  # one rank under torchrun; a world of one otherwise
     if not world.main:
         replica(config, job_dir, arguments.plugin, world)

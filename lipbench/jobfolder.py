@@ -47,6 +47,7 @@ WRITE_FAILED_EXIT = 74  # the record could not be written (full disk, read-only 
 TIMEOUT_EXIT = 77  # the job's own deadline passed (it recorded a timeout)
 ATTEMPT_VARIABLE = "LIPBENCH_ATTEMPT"  # a token the parent gives each attempt; the record carries it back
 REPLACE_VARIABLE = "LIPBENCH_REPLACE"  # "1": run even when finished (--force); the old record goes to earlier/
+THREADS_VARIABLE = "LIPBENCH_THREADS"  # the job's share of CPU threads, when a sweep runs several jobs at once
 FOREIGN_LOCK_STALE_S = 1800  # a lock from another host whose job logged nothing for this long is stale
 
 

@@ -24,12 +24,15 @@ def power_iteration(apply: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor
                     vector: Tensor, steps: int) -> Tensor:
     """``steps`` power-iteration steps on AᵀA from ``vector`` (without grad): the unit-norm iterate.
 
-    ‖A v‖ for the returned v is a lower bound of ‖A‖ that never decreases from step to step.
+    ‖A v‖ for the returned v is a lower bound of ‖A‖ that never decreases from step to step. It runs
+    outside autocast and returns the vector in its own dtype, so a buffer holding it keeps its dtype
+    when a bf16 training step calls it.
     """
-    with torch.no_grad():
+    dtype = vector.dtype
+    with torch.no_grad(), torch.autocast(vector.device.type, enabled=False):
         for _ in range(steps):
-            vector = adjoint(apply(vector))
-            vector = vector / vector.norm().clamp_min(torch.finfo(vector.dtype).tiny)
+            vector = adjoint(apply(vector)).to(dtype)
+            vector = vector / vector.norm().clamp_min(torch.finfo(dtype).tiny)
     return vector
 
 

@@ -9,8 +9,11 @@ manifold. One step, with G the Euclidean gradient:
     X <- X · FastExp(-η U)
 
 FastExp truncates the exponential's Taylor series by s = ‖S‖_F: order 2 below 0.05, order 3
-below 0.25, order 4 below 1, ``torch.linalg.matrix_exp`` above. Its error is the series' tail,
-‖FastExp(S) - exp(S)‖_F <= e^s - Σ_{n<=k} s^n / n!  (≈ 2e-5, 2e-4, 1e-2 at the three thresholds).
+below 0.25, order 4 below 1. Its error is the series' tail, ‖FastExp(S) - exp(S)‖_F <= e^s - Σ_{n<=k} s^n / n!
+(≈ 2e-5, 2e-4, 1e-2 at the three thresholds). Where the paper calls the exact exponential (s >= 1),
+lipbench scales and squares: the order-4 series of S / 2^m, squared m times, with 2^m the power of two
+that brings s below 1 (m <= ``MAX_SQUARINGS``). All of it is decided per matrix on the device, with
+masks instead of branches: a training step never waits to read a norm.
 A truncated series of a skew S is not exactly orthogonal: T_k(S)ᵀT_k(S) - I is S^4/4 for k = 2,
 -S^4/12 + O(S^6) for k = 3 and S^6/72 + O(S^8) for k = 4. Those errors and float round-off
 accumulate as drift, which two things remove:
@@ -39,22 +42,38 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from lipbench.linalg import polar, skew, taylor_polynomial
+from lipbench.linalg import polar, skew
 
 TAYLOR_ORDERS = ((0.05, 2), (0.25, 3), (1.0, 4))  # (‖S‖_F below, Taylor order)
+MAX_SQUARINGS = 3  # scaling and squaring covers ‖S‖_F < 8; a larger step (a diverging run) keeps order 4's error
 METHODS = ("sgd", "adam")
 MANIFOLD_DTYPES = (torch.float32, torch.float64)
 
 
-def taylor_order(norm: float) -> int | None:
-    """The Taylor order FastExp uses at Frobenius norm ``norm``; None means the exact exponential."""
-    return next((order for below, order in TAYLOR_ORDERS if norm < below), None)
+def taylor_order(norm: float) -> int:
+    """The Taylor order FastExp uses at Frobenius norm ``norm`` (after scaling, which keeps it below 1)."""
+    return next((order for below, order in TAYLOR_ORDERS if norm < below), TAYLOR_ORDERS[-1][1])
 
 
-def fast_exp(matrix: Tensor) -> Tensor:
-    """exp(S) by a Taylor series truncated by ‖S‖_F (the largest over a batch), exact above 1."""
-    order = taylor_order(float(torch.linalg.matrix_norm(matrix).max()))
-    return torch.linalg.matrix_exp(matrix) if order is None else taylor_polynomial(matrix, order)
+def squarings(norms: Tensor) -> Tensor:
+    """m per matrix: the number of halvings that bring ‖S‖_F below 1 (0 below 1), at most MAX_SQUARINGS."""
+    return (torch.floor(torch.log2(norms.clamp_min(0.5))) + 1).clamp(0, MAX_SQUARINGS)
+
+
+def fast_exp(matrices: Tensor) -> Tensor:
+    """exp(S) for a batch (..., d, d): FastExp per matrix (module doc), chosen on the device."""
+    norms = torch.linalg.matrix_norm(matrices, keepdim=True)
+    halvings = squarings(norms)
+    scaled, small = matrices / 2 ** halvings, norms / 2 ** halvings
+    eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
+    square = scaled @ scaled
+    cube = square @ scaled
+    order_3 = (small >= TAYLOR_ORDERS[0][0]).to(matrices.dtype)
+    order_4 = (small >= TAYLOR_ORDERS[1][0]).to(matrices.dtype)
+    result = eye + scaled + square / 2 + order_3 * cube / 6 + order_4 * (cube @ scaled) / 24
+    for index in range(MAX_SQUARINGS):
+        result = torch.where(index < halvings, result @ result, result)
+    return result
 
 
 def tangent_projection(point: Tensor, grad: Tensor) -> Tensor:
@@ -140,12 +159,12 @@ class RiemannianOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is None:
-                    continue
-                if group["orthogonal"]:
-                    self.orthogonal_step(parameter, group)
-                else:
+            parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
+            if group["orthogonal"]:
+                for same_shape in by_shape(parameters):
+                    self.orthogonal_step(same_shape, group)
+            else:
+                for parameter in parameters:
                     self.euclidean_step(parameter, group)
         return loss
 
@@ -159,46 +178,66 @@ class RiemannianOptimizer(torch.optim.Optimizer):
                                            group["momentum"], group["nesterov"])
         parameter.add_(direction, alpha=-lr)
 
-    def orthogonal_step(self, parameter: Tensor, group: dict[str, Any]) -> None:
-        if parameter.dtype not in MANIFOLD_DTYPES:
+    def orthogonal_step(self, parameters: list[Tensor], group: dict[str, Any]) -> None:
+        """One manifold step of same-shape matrices at once: their products and exponentials batched."""
+        if parameters[0].dtype not in MANIFOLD_DTYPES:
             raise ValueError(f"orthogonal parameters must be float32 or float64 to stay on the manifold, "
-                             f"not {parameter.dtype}; train in bf16 with torch.autocast instead")
-        state = self.state[parameter]
-        with torch.autocast(parameter.device.type, enabled=False):
-            riemannian = skew(parameter.mT @ parameter.grad.to(parameter.dtype))
+                             f"not {parameters[0].dtype}; train in bf16 with torch.autocast instead")
+        states = [self.state[parameter] for parameter in parameters]
+        with torch.autocast(parameters[0].device.type, enabled=False):
+            points = torch.stack(parameters)
+            grads = torch.stack([parameter.grad.to(parameter.dtype) for parameter in parameters])
+            riemannian = skew(points.mT @ grads)
             if group["method"] == "adam":
-                direction = adam_direction(state, riemannian, group["betas"], group["eps"])
+                directions = [adam_direction(state, r, group["betas"], group["eps"]) for state, r in zip(states, riemannian)]
             else:
-                direction = momentum_direction(state, riemannian, group["momentum"], group["nesterov"])
-            tangent = direction * -group["lr"]
-            state["step"] = state.get("step", 0) + 1
+                directions = [momentum_direction(state, r, group["momentum"], group["nesterov"])
+                              for state, r in zip(states, riemannian)]
+            tangents = torch.stack(directions) * -group["lr"]
+            step = states[0].get("step", 0) + 1
+            for state in states:
+                state["step"] = step
             if group["lookahead_steps"]:
-                self.lookahead(parameter, tangent, group)
+                points = self.lookahead(points, tangents, states, step, group)
             else:
-                parameter.copy_(parameter @ fast_exp(tangent))
-            interval = group["retraction_interval"]
-            if interval and state["step"] % interval == 0:
-                parameter.copy_(polar(parameter))
-                if "slow" in state:
-                    state["slow"].copy_(polar(state["slow"]))
+                points = points @ fast_exp(tangents)
+            if group["retraction_interval"] and step % group["retraction_interval"] == 0:
+                points = polar(points)
+                if "slow" in states[0]:
+                    for state, slow in zip(states, polar(torch.stack([state["slow"] for state in states]))):
+                        state["slow"].copy_(slow)
+            for parameter, point in zip(parameters, points):
+                parameter.copy_(point)
 
-    def lookahead(self, parameter: Tensor, tangent: Tensor, group: dict[str, Any]) -> None:
+    def lookahead(self, points: Tensor, tangents: Tensor, states: list[dict[str, Any]], step: int,
+                  group: dict[str, Any]) -> Tensor:
         """Fast step; every K steps the slow weights move by α Σ tangents and the fast ones restart there."""
-        state = self.state[parameter]
-        if "slow" not in state:
-            state["slow"] = parameter.detach().clone()
-            state["tangent_sum"] = torch.zeros_like(tangent)
-        state["tangent_sum"].add_(tangent)
-        if state["step"] % group["lookahead_steps"]:
-            parameter.copy_(parameter @ fast_exp(tangent))
-            return
-        state["slow"].copy_(state["slow"] @ fast_exp(group["lookahead_alpha"] * state["tangent_sum"]))
-        state["tangent_sum"].zero_()
-        parameter.copy_(state["slow"])
+        if "slow" not in states[0]:
+            for state, point in zip(states, points):
+                state["slow"], state["tangent_sum"] = point.clone(), torch.zeros_like(point)
+        for state, tangent in zip(states, tangents):
+            state["tangent_sum"].add_(tangent)
+        if step % group["lookahead_steps"]:
+            return points @ fast_exp(tangents)
+        slow = torch.stack([state["slow"] for state in states])
+        sums = torch.stack([state["tangent_sum"] for state in states])
+        slow = slow @ fast_exp(group["lookahead_alpha"] * sums)
+        for state, new in zip(states, slow):
+            state["slow"].copy_(new)
+            state["tangent_sum"].zero_()
+        return slow
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         check_group(self.param_groups[-1])
+
+
+def by_shape(parameters: list[Tensor]) -> list[list[Tensor]]:
+    """The parameters grouped by shape, in their order (each group steps as one batch)."""
+    groups: dict[tuple[int, ...], list[Tensor]] = {}
+    for parameter in parameters:
+        groups.setdefault(tuple(parameter.shape), []).append(parameter)
+    return list(groups.values())
 
 
 def check_group(group: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 from lipbench.budget import Budget
+from lipbench.errors import UserError
 from lipbench.registry import get_method, model_family
 from lipbench.settings import JobConfig
 
@@ -22,6 +23,9 @@ def expand(layers: list[str], sizes: list[str], datasets: list[str], budgets: li
             continue
         settings = {**budget.protocol, **method.protocol, **budget.per_method.get(layer, {}),
                     **budget.per_method.get(f"{layer}@{size}", {}), **overrides}
+        if budget.epochs_required and not settings.get("epochs"):
+            raise UserError(f"budget {budget.name} trains the paper's number of epochs, which it does not give for "
+                            f"{layer}@{size}; add it (methods: {{{layer}@{size}: {{epochs: N}}}}) or pass --epochs")
         job = JobConfig(layer=layer, size=size, dataset=dataset, budget=budget.name, budget_s=budget.seconds,
                         seed=seed, model="" if family.name == method.model else family.name, **settings, **common)
         jobs.setdefault(job.job_id, job)

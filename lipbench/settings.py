@@ -54,6 +54,9 @@ class TrainSettings:
     batch_size: int = setting(256, "images per training step", int, lambda v: v >= 1, ">= 1")
     lr: float = setting(0.05, "peak learning rate of the OneCycle schedule", float, positive, "> 0")
     momentum: float = setting(0.9, "SGD momentum", float, lambda v: 0 <= v < 1, "in [0, 1)")
+    nesterov: bool = setting(True, "Nesterov momentum (the paper's code uses plain momentum: false)", bool)
+    momentum_cycle: bool = setting(False, "cycle the momentum 0.95 -> 0.85 -> 0.95 against the OneCycle lr, as the "
+                                   "paper's OneCycleLR does", bool)
     weight_decay: float = setting(0.0, "weight decay", float, lambda v: v >= 0, ">= 0")
     offset: float = setting(math.sqrt(2) * 2 * EPSILON_36, "margin subtracted from the true logit by the offset "
                             "cross-entropy", float, lambda v: v >= 0, ">= 0")
@@ -62,6 +65,10 @@ class TrainSettings:
     precision: str = setting("fp32", "fp32, or bf16 autocast", str, lambda v: v in ("fp32", "bf16"), "fp32 or bf16")
     max_steps: int = setting(0, "at most this many training steps (0: as many as the budget allows)", int,
                              lambda v: v >= 0, ">= 0")
+    epochs: float = setting(0.0, "train exactly this many epochs (the budget then only caps the time; 0: the "
+                            "budget decides)", float, lambda v: v >= 0, ">= 0")
+    tf32: bool = setting(False, "TF32 matmuls and convolutions during training on GPUs that have them (every method "
+                         "alike; certification is always strict fp32)", bool)
 
 
 RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(TrainSettings)}

@@ -19,7 +19,10 @@ import torch
 
 import lipbench
 from lipbench.bounds import singular_values
-from lipbench.certify import certificate
+from lipbench.certify import certificate, certify_and_measure
+from lipbench.datasets.synthetic import make_synthetic
+from lipbench.settings import TrainSettings
+from lipbench.train import train
 from lipbench.contracts import CertifiableModel, layer_bound
 
 CONV_CASES = [  # (channels, image size, kernel size, stride)
@@ -172,3 +175,18 @@ def test_every_model_is_certifiable_and_its_bound_holds(model_name, name):
         ratios = (model(x) - model(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
     tolerance = 1e-5 if method.exact else method.tolerance
     assert float(ratios.max()) <= bound * (1 + tolerance), f"a pair of points stretches by {float(ratios.max())}"
+
+
+@pytest.mark.parametrize("name", lipbench.list_layers())
+def test_every_method_trains_under_bf16_autocast_and_certifies(name):
+    torch.manual_seed(0)
+    data = make_synthetic(n_train=64, n_test=32, n_classes=4, size=16)
+    method = lipbench.get_method(name)
+    model = lipbench.create_model(name, lipbench.registry.model_family(name).sizes[0], data.in_shape, data.n_classes)
+    dtypes = {key: tensor.dtype for key, tensor in model.state_dict().items()}
+    settings = TrainSettings(budget_s=300, batch_size=16, lr=0.01, precision="bf16", max_steps=5)
+    report = train(model, method, data, settings, torch.device("cpu"))
+    assert report.steps == 5
+    assert {key: tensor.dtype for key, tensor in model.state_dict().items()} == dtypes, "autocast changed a dtype"
+    measured, _ = certify_and_measure(model, method, data, 32, torch.device("cpu"))
+    assert math.isfinite(measured["lipschitz_bound"]) and 0 <= measured["cra_36"] <= measured["clean_acc"] <= 1

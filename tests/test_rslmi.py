@@ -83,7 +83,7 @@ def sigma_max_after_penalty_only_training(size: int, sketch_dim: int, steps: int
     optimizer = torch.optim.Adam([layer.weight], lr=0.02)
     for _ in range(steps):
         optimizer.zero_grad()
-        layer.constraint_loss((size,)).backward()
+        layer.constraint_loss(psd_violation(layer.sketched_constraint((size,)))).backward()
         optimizer.step()
     return exact_norm(layer, (size,))
 

@@ -60,6 +60,12 @@ def run_command(
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crops and flips."),
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or bf16 autocast."),
     max_steps: Optional[int] = typer.Option(None, help="Train at most this many steps (the budget still bounds time)."),
+    epochs: Optional[float] = typer.Option(None, help="Train exactly this many epochs instead of as many as the budget "
+                                           "allows (the budget then only caps the time); the paper-* presets set "
+                                           "the paper's epochs per method and size."),
+    tf32: Optional[str] = typer.Option(None, help="on or off (default): TF32 matmuls and convolutions during training "
+                                       "on GPUs that have them, for every method alike (certification is always "
+                                       "strict fp32)."),
     layer_option: Optional[list[str]] = typer.Option(None, help="key=value passed to every layer/model, repeatable."),
     plugin: Optional[list[str]] = typer.Option(None, help="Module or .py file that registers layers, models or "
                                                "datasets, repeatable (it is passed on to every job)."),
@@ -114,7 +120,8 @@ def run_command(
         MODELS.get(model)
     overrides = check_settings({k: v for k, v in dict(batch_size=batch_size, lr=lr, momentum=momentum,
                                                        weight_decay=weight_decay, augment=augment, precision=precision,
-                                                       max_steps=max_steps).items() if v is not None},
+                                                       max_steps=max_steps, epochs=epochs,
+                                                       tf32=on_off(tf32, "--tf32")).items() if v is not None},
                                "the command line")
     here = resolve_device(device if executor == "local" else "cpu")  # a cluster's login node may have no GPU
     jobs = expand(names, size_list, dataset_list, budgets, seed_list, overrides, model=model, device=device,
@@ -155,6 +162,14 @@ def run_command(
     if Status.OK.value not in statuses and RUNNING_ELSEWHERE not in statuses:
         console.print("[bold red]no job finished ok[/]; see the statuses above and each job's stdout.log")
         sys.exit(1)
+
+
+def on_off(value: Optional[str], option: str) -> Optional[bool]:
+    if value is None:
+        return None
+    if value.lower() not in ("on", "off"):
+        raise UserError(f"{option} takes on or off, not {value!r}")
+    return value.lower() == "on"
 
 
 def show_board(out: Path, jobs: list[JobConfig]) -> None:
@@ -206,12 +221,14 @@ def print_plan(jobs: list[JobConfig], out: Path, device: torch.device) -> None:
         status = read_status(job_folder(out, job.job_id)) or "pending"
         total += job.budget_s if status not in FINISHED else 0
         measured = calibration.get(calibration_key(job, here))
-        epochs = f"{job.budget_s / measured['step_seconds'] / measured['steps_per_epoch']:.1f}" if measured else "?"
+        epochs = f"{job.epochs:g}" if job.epochs else \
+            f"{job.budget_s / measured['step_seconds'] / measured['steps_per_epoch']:.1f}" if measured else "?"
         table.add_row(job.job_id, status, job.layer, job.size, job.dataset, job.budget, str(job.seed), f"{job.lr:.2g}",
                       str(job.batch_size), epochs)
     console.print(table)
-    console.print(f"device time still to spend on training: {format_duration(total)} (plus loading and certification); "
-                  "'epochs' are estimated from this device's calibration, '?' where a run has not measured it yet")
+    console.print(f"device time still to spend on training: at most {format_duration(total)} (plus loading and "
+                  "certification); 'epochs' are the preset's or --epochs where a job trains a number of epochs, else "
+                  "estimated from this device's calibration ('?' where no run has measured it yet)")
 
 
 def audit_unaudited(out: Path, jobs: list[JobConfig], device: str) -> None:

@@ -18,11 +18,11 @@ import torch
 
 from lipbench.distributed import NPROC_VARIABLE
 from lipbench.executors.process import run_one
+from lipbench.jobfolder import THREADS_VARIABLE
 from lipbench.settings import JobConfig
 from lipbench.sweep import Watch
 
 POLL_SECONDS = 0.5
-THREADS_VARIABLE = "LIPBENCH_THREADS"  # the job process's torch threads
 
 
 def visible_gpus(device: str) -> list[str]:

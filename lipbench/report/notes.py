@@ -60,10 +60,15 @@ HOW_TO_READ = [
     ("Settings", "where runs of one layer and size differ in a training setting or the device, each setting is its "
                  "own row, labelled by what differs; runs evaluated on a held-out part of the training set "
                  "(holdout) are always labelled."),
-    ("Throughput", "training images per second of compute, excluding the first step (allocation, warm-up) and data "
-                   "loading; inference images per second in eval mode, excluding the first batch (weight caching)."),
-    ("Memory", "the device's own peak counter: CUDA max allocated on GPUs, the process's peak resident memory (RSS) "
-               "on CPUs. The two are not comparable."),
+    ("Throughput", "training images per second over the synchronized wall time of whole training steps (drawing "
+                   "and augmenting the batch included), after the first step (allocation, warm-up); inference images "
+                   "per second in eval mode over the full batches after the first, which builds the weight caches "
+                   "(its time is recorded apart as cache_seconds)."),
+    ("Memory", "the device's own counter: on GPUs the CUDA allocator's peak during training above what was allocated "
+               "when training began, so the dataset on the device is not counted (it is recorded apart, "
+               "dataset_memory_mb); on CPUs the growth of the process's peak resident memory (RSS) over training. "
+               "The inference peak is measured after the gradients are freed. GPU and CPU figures are not "
+               "comparable."),
     ("s/epoch", "compute seconds per epoch: images per epoch divided by the training throughput."),
     ("Budget", "wall-clock training time on the device that ran the job; accuracies are after that much training."),
     ("Bounds", "\"L claimed\" is what a method's own certificate states, \"L sound\" the sound bound the CRA uses; "
