@@ -23,6 +23,7 @@ from lipbench.certify import certificate, certify_and_measure
 from lipbench.datasets.synthetic import make_synthetic
 from lipbench.settings import TrainSettings
 from lipbench.train import train
+from small_models import smallest_model
 from lipbench.contracts import CertifiableModel, layer_bound
 
 CONV_CASES = [  # (channels, image size, kernel size, stride)
@@ -157,10 +158,9 @@ def model_cases():
 
 @pytest.mark.parametrize("model_name, name", model_cases())
 def test_every_model_is_certifiable_and_its_bound_holds(model_name, name):
-    family = lipbench.registry.MODELS.get(model_name)
     torch.manual_seed(0)
     in_shape = (1, 16, 16)
-    model = lipbench.create_model(name, family.sizes[0], in_shape, 4, model=model_name).double().eval()
+    model = smallest_model(name, in_shape, 4, model_name).double().eval()
     assert isinstance(model, CertifiableModel) and tuple(model.in_shape) == in_shape
     layers = model.method_layers()
     submodules = {id(module) for module in model.modules()}
@@ -182,7 +182,7 @@ def test_every_method_trains_under_bf16_autocast_and_certifies(name):
     torch.manual_seed(0)
     data = make_synthetic(n_train=64, n_test=32, n_classes=4, size=16)
     method = lipbench.get_method(name)
-    model = lipbench.create_model(name, lipbench.registry.model_family(name).sizes[0], data.in_shape, data.n_classes)
+    model = smallest_model(name, data.in_shape, data.n_classes)
     dtypes = {key: tensor.dtype for key, tensor in model.state_dict().items()}
     settings = TrainSettings(budget_s=300, batch_size=16, lr=0.01, precision="bf16", max_steps=5)
     report = train(model, method, data, settings, torch.device("cpu"))

@@ -19,6 +19,7 @@ from lipbench.plan import expand
 from lipbench.schedules import one_cycle_lr, one_cycle_momentum
 from lipbench.settings import TrainSettings
 from lipbench.train import TrainStep, make_optimizer, schedule, train
+from small_models import smallest_model
 
 CPU = torch.device("cpu")
 HOST_READS = {"item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy", "cpu",
@@ -44,10 +45,8 @@ class HostReads(TorchFunctionMode):
 
 def small_model(name: str, precision: str = "fp32"):
     method = lipbench.get_method(name)
-    family = lipbench.registry.model_family(name)
-    torch.manual_seed(0)
     data = make_synthetic(n_train=64, n_test=32, n_classes=4, size=16)
-    model = lipbench.create_model(name, family.sizes[0], data.in_shape, data.n_classes)
+    model = smallest_model(name, data.in_shape, data.n_classes)
     settings = TrainSettings(budget_s=120, batch_size=16, lr=0.01, augment=True, precision=precision, max_steps=4)
     return method, data, model, settings
 
