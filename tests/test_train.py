@@ -59,7 +59,7 @@ def test_max_steps_caps_the_run(max_steps):
     model = create_model("aol", "XS", data.in_shape, data.n_classes)
     report = train(model, lipbench.get_method("aol"), data, TrainSettings(budget_s=60, batch_size=16, max_steps=max_steps),
                    torch.device("cpu"))
-    assert report.steps == report.steps_planned == max_steps and report.stopped_by == "plan"
+    assert report.steps == report.steps_planned == max_steps and report.stopped_by == "max_steps"
 
 
 def test_divergence_raises():
@@ -86,7 +86,7 @@ def test_aol_learns_real_data_far_above_chance():
     # The settings are cpu-2m's (batch 32, lr 0.02, offset 0.2); 80 steps give 69.3% clean, 51.7% CRA 36, idle or busy.
     settings = TrainSettings(budget_s=600, batch_size=32, lr=0.02, offset=0.2, max_steps=80)
     report = train(model, lipbench.get_method("aol"), data, settings, torch.device("cpu"))
-    assert report.steps == 80 and report.stopped_by == "plan"
+    assert report.steps == 80 and report.stopped_by == "max_steps"
     model.eval()
     with torch.no_grad():
         mean = data.x_train.mean(dim=(0, 2, 3), keepdim=True)
