@@ -48,11 +48,15 @@ def running_jobs(out):
 
 
 def test_each_worker_gets_its_own_gpus():
-    assert worker_environments(2, 1, []) == ({}, {})
-    assert worker_environments(3, 1, ["0", "1"]) == tuple({"CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "0"))
-    pairs = worker_environments(2, 2, ["4", "5", "6", "7"])
-    assert pairs == ({"CUDA_VISIBLE_DEVICES": "4,5", "LIPBENCH_NPROC": "2"},
-                     {"CUDA_VISIBLE_DEVICES": "6,7", "LIPBENCH_NPROC": "2"})
+    assert worker_environments(1, 1, []) == ({},)
+    share = {"LIPBENCH_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}  # 4 cores, 2 workers
+    assert worker_environments(2, 1, [], cpus=4) == (share, share)
+    assert worker_environments(3, 1, ["0", "1"], cpus=3) == tuple(
+        {"CUDA_VISIBLE_DEVICES": g, "LIPBENCH_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        for g in ("0", "1", "0"))
+    pairs = worker_environments(2, 2, ["4", "5", "6", "7"], cpus=4)
+    assert pairs == ({**share, "CUDA_VISIBLE_DEVICES": "4,5", "LIPBENCH_NPROC": "2"},
+                     {**share, "CUDA_VISIBLE_DEVICES": "6,7", "LIPBENCH_NPROC": "2"})
     assert len(create_executor("local", "cpu").environments) == 1  # no GPU: one job at a time by default
     assert len(create_executor("local", "cpu", max_parallel=3).environments) == 3
     with pytest.raises(UserError, match="--executor must be local or slurm"):

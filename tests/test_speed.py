@@ -19,6 +19,7 @@ import yaml
 
 import lipbench
 from lipbench import speed
+from lipbench.speed import verdicts, worker
 from lipbench.cli import main
 from lipbench.registry import unregister_layer
 
@@ -57,7 +58,7 @@ def test_rank_test_normal_approximation_matches_exact(monkeypatch):
     generator = np.random.default_rng(0)
     after, before = generator.normal(0.6, 1, 8), generator.normal(0, 1, 8)
     exact = speed.mann_whitney_greater(after, before)
-    monkeypatch.setattr(speed, "EXACT_TEST_LIMIT", 10)
+    monkeypatch.setattr(verdicts, "EXACT_TEST_LIMIT", 10)
     assert speed.mann_whitney_greater(after, before) == pytest.approx(exact, abs=0.01)
 
 
@@ -128,7 +129,7 @@ def test_baseline_round_trip_and_hand_edits(tmp_path, suffix):
 
 def test_time_layer_in_process():
     config = speed.make_config("cpu", batch=4, channels=8, size=8, pairs=7, block_ms=1, warmup_ms=5)
-    timed = speed.time_layer(speed.build_layer("standard", config.shape), config)
+    timed = worker.time_layer(worker.build_layer("standard", config.shape), config)
     assert set(timed) == set(speed.STEPS)
     for step in speed.STEPS:
         assert 0.1 < timed[step]["ratio"] < 10  # the same convolution as the reference (a plumbing check)

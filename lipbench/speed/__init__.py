@@ -27,10 +27,10 @@ is measured once more, and its new processes pooled with the first, before it fa
 Data flow: :func:`measure` (``processes``) runs worker processes (``worker.py`` run as a script, so it
 also measures another revision's ``lipbench`` put first on ``PYTHONPATH``) and returns :class:`Speeds`
 (``samples``); :func:`to_document` / :func:`from_document` (``baseline``) turn them into a baseline
-file and back; :func:`judge` (``judge``) compares two samples.
+file and back; :func:`judge` (``verdicts``) compares two samples.
 """
 from lipbench.speed.baseline import BASELINE_FORMAT, from_document, load_document, save_document, to_document
-from lipbench.speed.judge import (DEFAULT_ALPHA, DEFAULT_FACTOR, Verdict, compare, confirmed_verdicts, judge,
+from lipbench.speed.verdicts import (DEFAULT_ALPHA, DEFAULT_FACTOR, Verdict, compare, confirmed_verdicts, judge,
                                   mann_whitney_greater, smallest_p)
 from lipbench.speed.processes import (DEVICE_CLASSES, device_class, fingerprint, make_config, measure,
                                       revision_tree, run_worker)
