@@ -26,8 +26,9 @@ Choices where the paper leaves room (settings of :class:`LipNeXtConfig` where it
 * the stem is one semi-orthogonal projection of non-overlapping P x P patches (P = 4), without p;
 * M Rᵀ is applied as one matrix (one d³ product per step instead of a third per-pixel product),
   cached in eval mode; weights start Haar-random orthogonal, p and b at zero;
-* the optimizer's settings ride on the model (``optimizer``, ``lookahead_steps``,
-  ``retraction_interval``) so that ``--layer-option`` reaches them; all groups share the lr;
+* the optimizer (``--optimizer``, ``--recipe lipnext``: Adam with Lookahead, as the paper trains) comes
+  from the training settings; the retraction interval rides on the model (``--layer-option``); all
+  groups share the lr;
 * polar retraction runs every 100 steps, or every epoch when that is shorter (the paper: every
   epoch). Large early steps (FastExp order 3-4, ‖ηU‖_F up to ~1) drift by up to ~1e-2 per step,
   and an ImageNet epoch is 5000 steps; an SVD every 100 steps costs about 2-6 manifold steps.
@@ -63,7 +64,7 @@ from lipbench.bounds import dense_norm
 from lipbench.caching import eval_cached
 from lipbench.errors import UserError
 from lipbench.linalg import orthogonality_error
-from lipbench.manifold import METHODS, RiemannianOptimizer, with_tangent_gradient
+from lipbench.manifold import RiemannianOptimizer, with_tangent_gradient
 from lipbench.registry import LayerMethod, OptimizerSettings, register_layer, register_model
 
 ALPHA, BETA = 1 / 16, 0.75
@@ -229,8 +230,6 @@ class LipNeXtConfig:
     alpha: float = ALPHA
     beta: float = BETA
     positional: bool = True
-    optimizer: str = "sgd"  # "sgd" (momentum) or "adam", for the skew moments and the other parameters
-    lookahead_steps: int = 0  # K of the tangent-space lookahead; 0 turns it off
     retraction_interval: int = 100  # polar retraction every this many steps, and at least once per epoch
     tangent_gradients: bool = False  # only for optimizers other than the Riemannian one (see OrthogonalLinear)
 
@@ -300,12 +299,10 @@ def make_config(size: str, **options: Any) -> LipNeXtConfig:
 def build_model(method: LayerMethod, size: str, in_shape: tuple[int, int, int], n_classes: int,
                 **options: Any) -> LipNeXt:
     config = make_config(size, **options)
-    if config.optimizer not in METHODS:
-        raise UserError(f"lipnext optimizer must be one of {METHODS}, not {config.optimizer!r}")
     counts = dict(depth=config.depth, width=config.width, patch_size=config.patch_size,
-                  retraction_interval=config.retraction_interval, lookahead_steps=config.lookahead_steps + 1)
+                  retraction_interval=config.retraction_interval)
     if min(counts.values()) < 1:
-        raise UserError(f"lipnext needs positive {', '.join(counts)} (lookahead_steps may be 0): got {config}")
+        raise UserError(f"lipnext needs positive {', '.join(counts)}: got {config}")
     return LipNeXt(config, in_shape, n_classes)
 
 
@@ -314,11 +311,13 @@ def orthogonal_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> RiemannianOptimizer:
-    """Manifold steps for every orthogonal matrix, SGD/Adam for the rest; polar retraction every
-    ``retraction_interval`` steps or every epoch, whichever comes first.
+    """Manifold steps for every orthogonal matrix, the same method (SGD, Adam or NAdam) for the rest; polar
+    retraction every ``retraction_interval`` steps or every epoch, whichever comes first. Lookahead, when
+    the settings ask for it, runs here in the tangent space for the orthogonal matrices (the training loop's
+    Lookahead takes the other parameters).
 
-    The training settings come from ``model.config`` (a LipNeXt), else the defaults (e.g. a ConvNet
-    built from lipnext-shift layers).
+    The retraction interval comes from ``model.config`` (a LipNeXt), else the default (e.g. a ConvNet built
+    from lipnext-shift layers).
     """
     config = getattr(model, "config", LipNeXtConfig(depth=0, width=0))
     orthogonal = orthogonal_parameters(model)
@@ -326,9 +325,9 @@ def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> Riemannian
     others = [p for p in model.parameters() if id(p) not in orthogonal_ids]
     groups = [{"params": orthogonal, "orthogonal": True, "weight_decay": 0.0,
                "retraction_interval": max(1, min(settings.steps_per_epoch, config.retraction_interval)),
-               "lookahead_steps": config.lookahead_steps},
+               "lookahead_steps": settings.lookahead_steps, "lookahead_alpha": settings.lookahead_alpha},
               {"params": others}]
-    return RiemannianOptimizer([g for g in groups if g["params"]], lr=settings.lr, method=config.optimizer,
+    return RiemannianOptimizer([g for g in groups if g["params"]], lr=settings.lr, method=settings.method,
                                momentum=settings.momentum, nesterov=settings.momentum > 0,
                                weight_decay=settings.weight_decay)
 

@@ -1,9 +1,11 @@
 """Certification and measurement of a trained model.
 
-A test point is certified at radius eps when it is classified correctly and
-margin / (sqrt(2) * L) > eps, where margin = true logit - largest other logit and L is the
-model's (sound) Lipschitz bound: a perturbation of L2 norm eps moves the logit vector by at
-most L * eps, which shrinks a margin by at most sqrt(2) * L * eps.
+A test point of class y is certified at radius eps when min_{j != y} (z_y - z_j) / K_yj > eps, where
+K_yj is a sound bound on the Lipschitz constant of z_y - z_j. With the model's sound bound L on the
+whole logit vector, K_yj = sqrt(2) L for every pair (a perturbation of norm eps moves z_y - z_j by at
+most sqrt(2) L eps), and the test reads margin / (sqrt(2) L) > eps. A network with a normalized last
+layer (:class:`lipbench.contracts.PairwiseCertifiable`) is certified per pair instead: K_yj =
+L_features ||ŵ_y - ŵ_j||, exact for that layer. A :class:`Certifier` holds the K of a model.
 
 Everything here runs in strict fp32 (TF32 off) on the model in eval mode, whatever precision it
 was trained in. Inference is timed first, on a model whose eval caches are cold: the first batch
@@ -14,18 +16,20 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lipbench.contracts import PairwiseCertifiable
 from lipbench.data import Dataset
 from lipbench.device import PeakMemory, strict_fp32, synchronize
 from lipbench.radii import EPSILONS
 from lipbench.registry import LayerMethod
 
 
-def certificate(model: nn.Module, method: LayerMethod) -> dict[str, Any]:
+def method_certificate(model: nn.Module, method: LayerMethod) -> dict[str, Any]:
     """The method's certificate hook if it has one, else the model's own product of layer bounds."""
     if method.certificate is not None:
         result = dict(method.certificate(model))
@@ -36,6 +40,49 @@ def certificate(model: nn.Module, method: LayerMethod) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class Certifier:
+    """The pair bounds K (classes x classes, float64) of a model's certificate and their kind."""
+
+    pair_bounds: Tensor  # a scalar for every pair alike
+    kind: str  # "margin": sqrt(2) L for every pair; "pairwise": per pair, from a normalized head
+
+    @classmethod
+    def for_model(cls, model: nn.Module, bound: float) -> "Certifier":
+        """The certifier of ``model`` whose features (or whole network) are ``bound``-Lipschitz."""
+        if isinstance(model, PairwiseCertifiable):
+            return cls(bound * model.pair_lipschitz(exact=True).double().cpu(), "pairwise")
+        return cls.margin(bound)
+
+    @classmethod
+    def margin(cls, bound: float) -> "Certifier":
+        """The certifier of a ``bound``-Lipschitz logit vector: sqrt(2) bound for every pair."""
+        return cls(torch.tensor(math.sqrt(2) * bound, dtype=torch.float64), "margin")
+
+    def radii(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Each point's certified radius (<= 0 when misclassified or tied)."""
+        logits, labels = logits.double().cpu(), labels.cpu()
+        gaps = logits.gather(1, labels[:, None]) - logits
+        bounds = self.pair_bounds.expand_as(gaps) if self.pair_bounds.dim() == 0 else self.pair_bounds[labels]
+        radius = torch.where(bounds > 0, gaps / bounds.clamp_min(torch.finfo(torch.float64).tiny),
+                             torch.where(gaps > 0, math.inf, -math.inf))
+        return radius.scatter(1, labels[:, None], math.inf).min(dim=1).values
+
+
+def certificate(model: nn.Module, method: LayerMethod) -> tuple[dict[str, Any], Certifier]:
+    """The record fields of ``model``'s certificate (its sound ``lipschitz_bound``, the method's extra fields)
+    and the certifier that decides each point. A normalized head is certified per pair on the features'
+    bound (``lipschitz_bound_features``); ``lipschitz_bound`` is then the whole network's."""
+    if not isinstance(model, PairwiseCertifiable):
+        result = method_certificate(model, method)
+        return result, Certifier.for_model(model, result["lipschitz_bound"])
+    result = method_certificate(model.features, method)
+    features_bound = result["lipschitz_bound"]
+    result.update(lipschitz_bound_features=features_bound, lipschitz_bound=float(model.lipschitz_bound()),
+                  certificate_kind="pairwise")
+    return result, Certifier.for_model(model, features_bound)
+
+
 def margins(logits: Tensor, labels: Tensor) -> Tensor:
     """True-class logit minus the largest other logit (negative when misclassified)."""
     true = logits.gather(1, labels[:, None]).squeeze(1)
@@ -43,10 +90,9 @@ def margins(logits: Tensor, labels: Tensor) -> Tensor:
     return true - others.max(dim=1).values
 
 
-def certified_accuracy(margin: Tensor, lipschitz_bound: float) -> dict[str, float]:
-    """Clean accuracy and CRA at each radius from per-point margins."""
-    result = {"clean_acc": float((margin > 0).float().mean())}
-    radius = margin / (math.sqrt(2) * lipschitz_bound)
+def certified_accuracy(radius: Tensor) -> dict[str, float]:
+    """Clean accuracy and CRA at each radius from per-point certified radii."""
+    result = {"clean_acc": float((radius > 0).float().mean())}
     for key, eps in EPSILONS.items():
         result[key] = float((radius > eps).float().mean())
     return result
@@ -55,17 +101,17 @@ def certified_accuracy(margin: Tensor, lipschitz_bound: float) -> dict[str, floa
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: int,
              device: torch.device) -> tuple[Tensor, dict[str, float]]:
-    """Margins on (x, y) in eval mode, and inference timing: the first batch builds the eval caches,
-    the steady state is timed on the full batches after it."""
+    """Logits on x in eval mode, and inference timing: the first batch builds the eval caches, the
+    steady state is timed on the full batches after it."""
     model.eval()
-    all_margins, times = [], []
+    all_logits, times = [], []
     for start in range(0, len(x), batch_size):
         synchronize(device)
         began = time.perf_counter()
         logits = model(x[start:start + batch_size] - mean).float()
         synchronize(device)
         times.append(time.perf_counter() - began)
-        all_margins.append(margins(logits, y[start:start + batch_size]))
+        all_logits.append(logits)
     full_batches = len(x) // batch_size
     steady = times[1:full_batches] or times[:1]
     per_image = sorted(steady)[len(steady) // 2] / min(batch_size, len(x))
@@ -73,18 +119,19 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: i
         "infer_throughput": 1.0 / per_image if per_image > 0 else float("nan"),
         "cache_seconds": max(0.0, times[0] - per_image * min(batch_size, len(x))),
     }
-    return torch.cat(all_margins), timing
+    return torch.cat(all_logits), timing
 
 
 def certify_and_measure(model: nn.Module, method: LayerMethod, data: Dataset, batch_size: int,
                         device: torch.device) -> tuple[dict[str, Any], Tensor]:
     """Inference timing and memory, the certificate, clean accuracy and CRA of a trained model; and the
-    test margins (the audit reuses them). Gradients are freed first, so the inference peak holds none."""
+    test logits (the audit reuses them). Gradients are freed first, so the inference peak holds none."""
     model.zero_grad(set_to_none=True)
     with strict_fp32():
         with PeakMemory(device) as memory:
-            margin, measured = evaluate(model, data.x_test, data.y_test, data.mean, batch_size, device)
+            logits, measured = evaluate(model, data.x_test, data.y_test, data.mean, batch_size, device)
         measured["infer_peak_memory_mb"] = memory.peak_mb
-        measured.update(certificate(model, method))
-    measured.update(certified_accuracy(margin.cpu(), measured["lipschitz_bound"]))
-    return measured, margin
+        fields, certifier = certificate(model, method)
+        measured.update(fields)
+    measured.update(certified_accuracy(certifier.radii(logits, data.y_test)))
+    return measured, logits

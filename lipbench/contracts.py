@@ -12,6 +12,11 @@ registered method and model family):
   input it takes (C, H, W) or (features,); ``method_layers()`` lists the layers the method built, in
   order, so that the audit can bound each one by itself; ``lipschitz_bound()`` is the sound bound of
   the whole network that the certificate uses.
+* :class:`PairwiseCertifiable`: a network whose last layer is certified per class pair (a normalized
+  head): ``features`` is the network before it (a :class:`CertifiableModel`), and ``pair_lipschitz()``
+  the (classes x classes) Lipschitz constants of the differences of its outputs z_i - z_j per unit of
+  the features' Lipschitz constant (``exact=True``: float64, for certificates; ``False``: differentiable,
+  for a margin loss).
 """
 from __future__ import annotations
 
@@ -36,6 +41,13 @@ class CertifiableModel(Protocol):
     def method_layers(self) -> list[nn.Module]: ...
 
     def lipschitz_bound(self) -> float: ...
+
+
+@runtime_checkable
+class PairwiseCertifiable(Protocol):
+    features: nn.Module
+
+    def pair_lipschitz(self, exact: bool = True) -> torch.Tensor: ...
 
 
 def layer_bound(layer: nn.Module, input_shape: Shape, declared: float) -> float:

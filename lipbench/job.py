@@ -67,7 +67,7 @@ def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Mo
         data = holdout_split(data, config.holdout, config.seed)
     data = copy_to(data, device)
     model = create_model(config.layer, config.size, data.in_shape, data.n_classes, config.model or None,
-                         **config.layer_options).to(device)
+                         config.head, **config.layer_options).to(device)
     return data, model
 
 
@@ -108,11 +108,11 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
         if config.save_model:
             save_weights(model, job_dir / MODEL_NAME)
         log({"phase": "certify"})
-        measured, margin = certify_and_measure(model, method, data, config.batch_size, device)
+        measured, logits = certify_and_measure(model, method, data, config.batch_size, device)
         record.update(measured, status=Status.OK.value)
         if config.with_audit:
             log({"phase": "audit"})
-            record["audit"] = audit_or_error(model, method, data, record, device, margin)
+            record["audit"] = audit_or_error(model, method, data, record, device, logits)
         log({"phase": "done", **{k: record[k] for k in ("clean_acc", "cra_36")}})
     except WriteError:
         raise
@@ -132,10 +132,10 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
 
 
 def audit_or_error(model: torch.nn.Module, method: LayerMethod, data: Dataset, record: dict[str, Any],
-                   device: torch.device, margin: torch.Tensor) -> dict[str, Any]:
+                   device: torch.device, logits: torch.Tensor) -> dict[str, Any]:
     """The audit of the finished model (:mod:`lipbench.audit`); a failing audit is recorded, the run stays ok."""
     try:
-        return audit_model(model, method, data, record, device, margins_all=margin)
+        return audit_model(model, method, data, record, device, logits_all=logits)
     except Exception as error:
         traceback.print_exc()
         return {"error": f"{type(error).__name__}: {error}", "verdict": "audit failed"}

@@ -29,7 +29,8 @@ default) and the fast weights restart from them. Summing the K skew steps is the
 (Baker-Campbell-Hausdorff) approximation of composing them.
 
 Other parameters get SGD (momentum, optional Nesterov, coupled weight decay: as
-``torch.optim.SGD``) or AdamW (as ``torch.optim.AdamW``) in the same optimizer; each param group
+``torch.optim.SGD``), AdamW (as ``torch.optim.AdamW``) or NAdam (weight decay coupled into the gradient, as
+``torch.optim.NAdam``) in the same optimizer; each param group
 says which, and whether it is ``orthogonal``. Weight decay makes no sense on the manifold, so an
 orthogonal group must have none. The manifold step runs in the parameter's dtype, which must be
 float32 or float64 (bfloat16 cannot hold an orthogonal matrix to better than ~4e-3), and outside
@@ -46,7 +47,7 @@ from lipbench.linalg import polar, skew
 
 TAYLOR_ORDERS = ((0.05, 2), (0.25, 3), (1.0, 4))  # (‖S‖_F below, Taylor order)
 MAX_SQUARINGS = 3  # scaling and squaring covers ‖S‖_F < 8; a larger step (a diverging run) keeps order 4's error
-METHODS = ("sgd", "adam")
+METHODS = ("sgd", "adam", "nadam")
 MANIFOLD_DTYPES = (torch.float32, torch.float64)
 
 
@@ -118,8 +119,11 @@ def momentum_direction(state: dict[str, Any], grad: Tensor, momentum: float, nes
     return grad.add(buffer, alpha=momentum) if nesterov else buffer
 
 
-def adam_direction(state: dict[str, Any], grad: Tensor, betas: tuple[float, float], eps: float) -> Tensor:
-    """Adam's bias-corrected m / (sqrt(v) + eps). On a skew A it is skew again (v is symmetric)."""
+def adam_direction(state: dict[str, Any], grad: Tensor, betas: tuple[float, float], eps: float,
+                   nesterov: bool = False) -> Tensor:
+    """Adam's bias-corrected m / (sqrt(v) + eps); with ``nesterov``, Dozat's NAdam, whose numerator looks one
+    step ahead: β1 m̂ + (1 - β1) g / (1 - β1^t) (torch's NAdam also decays β1 over the steps; this does not).
+    On a skew A it is skew again (v is symmetric)."""
     if "exp_avg" not in state:
         state["adam_step"] = 0
         state["exp_avg"] = torch.zeros_like(grad)
@@ -130,14 +134,17 @@ def adam_direction(state: dict[str, Any], grad: Tensor, betas: tuple[float, floa
     state["exp_avg"].lerp_(grad, 1 - beta1)
     state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denominator = (state["exp_avg_sq"] / (1 - beta2 ** step)).sqrt_().add_(eps)
-    return state["exp_avg"] / (1 - beta1 ** step) / denominator
+    numerator = state["exp_avg"] / (1 - beta1 ** step)
+    if nesterov:
+        numerator = numerator * beta1 + grad * ((1 - beta1) / (1 - beta1 ** step))
+    return numerator / denominator
 
 
 class RiemannianOptimizer(torch.optim.Optimizer):
     """Manifold steps for param groups with ``orthogonal=True``, SGD or AdamW for the others.
 
     Every group reads its learning rate from ``group["lr"]`` at each step (a scheduler may write it).
-    Group settings: ``method`` ("sgd" or "adam": the Euclidean optimizer, and the moments kept on
+    Group settings: ``method`` ("sgd", "adam" or "nadam": the Euclidean optimizer, and the moments kept on
     the skew updates), ``momentum``, ``nesterov``, ``betas``, ``eps``, ``weight_decay``; for
     orthogonal groups also ``retraction_interval`` (polar retraction every that many steps; 0: never),
     ``lookahead_steps`` (K; 0: no lookahead) and ``lookahead_alpha``.
@@ -173,6 +180,9 @@ class RiemannianOptimizer(torch.optim.Optimizer):
         if group["method"] == "adam":
             parameter.mul_(1 - lr * decay)
             direction = adam_direction(state, grad, group["betas"], group["eps"])
+        elif group["method"] == "nadam":
+            direction = adam_direction(state, grad.add(parameter, alpha=decay) if decay else grad, group["betas"],
+                                       group["eps"], nesterov=True)
         else:
             direction = momentum_direction(state, grad.add(parameter, alpha=decay) if decay else grad,
                                            group["momentum"], group["nesterov"])
@@ -188,8 +198,9 @@ class RiemannianOptimizer(torch.optim.Optimizer):
             points = torch.stack(parameters)
             grads = torch.stack([parameter.grad.to(parameter.dtype) for parameter in parameters])
             riemannian = skew(points.mT @ grads)
-            if group["method"] == "adam":
-                directions = [adam_direction(state, r, group["betas"], group["eps"]) for state, r in zip(states, riemannian)]
+            if group["method"] != "sgd":
+                directions = [adam_direction(state, r, group["betas"], group["eps"], group["method"] == "nadam")
+                              for state, r in zip(states, riemannian)]
             else:
                 directions = [momentum_direction(state, r, group["momentum"], group["nesterov"])
                               for state, r in zip(states, riemannian)]

@@ -32,13 +32,12 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 from torch import nn
 
 from lipbench.errors import UserError
-from lipbench.settings import check_settings
+from lipbench.settings import NAME, check_settings
 
 T = TypeVar("T")
 KINDS = ("conv", "linear")
 COMMON_SIZES = ("XS", "S", "M", "L")  # every model family offers these names (small to large)
-NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-BUILTIN_PACKAGES = ("lipbench.layers", "lipbench.models", "lipbench.datasets")
+BUILTIN_PACKAGES = ("lipbench.layers", "lipbench.models", "lipbench.datasets", "lipbench.losses")
 
 
 class Registry(Generic[T]):
@@ -209,6 +208,9 @@ class OptimizerSettings:
     weight_decay: float
     steps_per_epoch: int
     total_steps: int
+    method: str = "sgd"  # sgd, adam or nadam
+    lookahead_steps: int = 0  # the hook runs Lookahead itself on parameters it keeps apart (0: off)
+    lookahead_alpha: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,7 @@ class ModelFamily:
     kinds: tuple[str, ...] = ()
     size_notes: Mapping[str, str] = field(default_factory=dict)  # e.g. what each size costs
     size_pattern: str | None = None
+    features: Callable[[str], int] | None = None  # outputs it can give a replacing head, per size (None: n_classes)
 
     def accepts(self, size: str) -> bool:
         return size in self.sizes or bool(self.size_pattern and re.fullmatch(self.size_pattern, size))
@@ -362,11 +365,45 @@ def model_family(layer: str, model: str | None = None) -> ModelFamily:
 
 
 def create_model(layer: str, size: str | None = None, in_shape: tuple[int, ...] = (3, 32, 32), n_classes: int = 10,
-                 model: str | None = None, **options: Any) -> nn.Module:
-    """Build the benchmark network of ``size`` from method ``layer``, in its own model family or ``model``."""
+                 model: str | None = None, head: str = "default", **options: Any) -> nn.Module:
+    """Build the benchmark network of ``size`` from method ``layer``, in its own model family or ``model``,
+    with its own last layer or the registered ``head``."""
     family = model_family(layer, model)
     size = size or family.sizes[0]
     if not family.accepts(size):
         raise UserError(f"model {family.name!r} (for {layer}) has no size {size!r}; "
                         f"choose one of {', '.join(family.sizes)}")
-    return family.build(get_method(layer), size, tuple(in_shape), n_classes, **options)
+    replacing = HEADS.get(head)
+    if replacing.attach is None:
+        return family.build(get_method(layer), size, tuple(in_shape), n_classes, **options)
+    features = family.features(size) if family.features else n_classes
+    body = family.build(get_method(layer), size, tuple(in_shape), features, **options)
+    return replacing.attach(body, features, n_classes)
+
+
+# --- heads -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Head:
+    """A last layer that replaces a model family's own: ``attach(body, features, n_classes)`` returns the
+    network (a :class:`lipbench.contracts.CertifiableModel`) from a body built with ``features`` outputs.
+    ``attach`` None keeps the family's own head."""
+
+    name: str
+    attach: Callable[[nn.Module, int, int], nn.Module] | None
+    description: str = ""
+
+
+HEADS: Registry[Head] = new_registry("head", "recipes")
+
+
+def register_head(name: str, description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def decorator(attach: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        HEADS.add(name, Head(name, attach, description))
+        return attach
+
+    return decorator
+
+
+HEADS.add("default", Head("default", None, "the model family's own last layer"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
@@ -22,6 +23,9 @@ from lipbench.errors import UserError
 from lipbench.version import __version__
 
 EPSILON_36 = 36 / 255
+OPTIMIZERS = ("sgd", "adam", "nadam")
+SCHEDULES = ("onecycle", "cosine")
+NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 MAX_BUDGET_S = 30 * 86400  # a month: anything longer is a typo (99999h), not a benchmark
 
 
@@ -43,6 +47,10 @@ def setting(default: Any, help: str, kind: type, check: Callable[[Any], bool] = 
 
 def positive(value: float) -> bool:
     return value > 0
+
+
+def is_name(value: str) -> bool:
+    return bool(NAME.fullmatch(value))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +77,31 @@ class TrainSettings:
                             "budget decides)", float, lambda v: v >= 0, ">= 0")
     tf32: bool = setting(False, "TF32 matmuls and convolutions during training on GPUs that have them (every method "
                          "alike; certification is always strict fp32)", bool)
+    loss: str = setting("offset-ce", "the training loss (see `lipbench losses`)", str, is_name, "a registered loss name")
+    loss_eps: float = setting(EPSILON_36, "the radius a margin loss (emma, logit-annealing) trains for", float,
+                              lambda v: v >= 0, ">= 0")
+    eps_start: float = setting(1.0, "a margin loss's radius at the start, as a multiple of loss_eps", float,
+                               lambda v: v >= 0, ">= 0")
+    eps_end: float = setting(1.0, "a margin loss's radius after its ramp, as a multiple of loss_eps", float,
+                             lambda v: v >= 0, ">= 0")
+    eps_ramp: float = setting(0.0, "fraction of the planned steps over which the radius goes linearly from eps_start "
+                              "to eps_end (0: eps_end throughout)", float, lambda v: 0 <= v <= 1, "in [0, 1]")
+    focal_gamma: float = setting(5.0, "the logit-annealing loss's exponent: (1 - p_true)^gamma weighs each point", float,
+                                 lambda v: v >= 0, ">= 0")
+    optimizer: str = setting("sgd", "sgd (momentum), adam or nadam; orthogonal parameters take the same method on "
+                             "the manifold", str, lambda v: v in OPTIMIZERS, " or ".join(OPTIMIZERS))
+    lookahead_steps: int = setting(0, "Lookahead: every k steps the slow weights move lookahead_alpha of the way to "
+                                   "the fast ones and the fast restart there (0: off)", int, lambda v: v >= 0, ">= 0")
+    lookahead_alpha: float = setting(0.5, "Lookahead's step toward the fast weights", float, lambda v: 0 < v <= 1,
+                                     "in (0, 1]")
+    grad_clip: float = setting(0.0, "clip the gradient to this global L2 norm (0: no clipping)", float,
+                               lambda v: v >= 0, ">= 0")
+    schedule: str = setting("onecycle", "the lr schedule: onecycle (the paper's) or cosine (linear warm-up, then "
+                            "cosine decay)", str, lambda v: v in SCHEDULES, " or ".join(SCHEDULES))
+    warmup: float = setting(0.0, "cosine schedule: fraction of the planned steps of linear warm-up", float,
+                            lambda v: 0 <= v < 1, "in [0, 1)")
+    head: str = setting("default", "the last layer: default (the family's own) or normalized (unit-norm class rows, "
+                        "certified per class pair)", str, is_name, "a registered head name")
 
 
 RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(TrainSettings)}
@@ -134,6 +167,8 @@ class JobConfig(TrainSettings):
     plugins: tuple[str, ...] = ()
     holdout: float = 0.0  # > 0: evaluate on this fraction of the training set, held out (tuning)
     retry_of: str | None = None  # the id of the failed job this one retries
+    recipe: str = "prach"  # the training recipe (lipbench/recipes/) its settings came from
+    protocol: str = ""  # a plain duration's protocol, chosen from the epochs it fits: "paper" or "short-run"
     data_dir: str | None = None
     save_model: bool = True
     with_audit: bool = False  # audit the trained model's certificate (lipbench.audit) and record it

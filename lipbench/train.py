@@ -1,13 +1,14 @@
 """Training under a wall-clock budget, or for a number of epochs.
 
 The loop knows layers only through the registry's contract (``LayerMethod``): the method may supply its
-optimizer and an extra loss term. It
+optimizer and an extra loss term. The loss, the optimizer (and Lookahead), gradient clipping and the
+schedule are the settings' (a recipe's: :mod:`lipbench.recipes`). It
 
 1. calibrates: times real, synchronized training steps, and plans how many steps fit in what is left
    of the budget (re-planned every few percent, so the schedule ends on time); in epoch mode
    (``epochs > 0``) the plan is that many epochs and the budget only caps the time;
-2. schedules the learning rate (and, with ``momentum_cycle``, the momentum) with OneCycle over the
-   planned steps, as the paper does;
+2. schedules the learning rate (and, with ``momentum_cycle``, the momentum) over the planned steps:
+   OneCycle as the paper does, or warm-up then cosine; and a margin loss's radius (``loss_radius``);
 3. enforces the deadline: it never starts a step it expects to end past the budget.
 All calibration steps are real training steps and count against the budget.
 
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipbench.batches import BatchSource, InMemoryBatches
@@ -44,8 +44,11 @@ from lipbench.data import Dataset
 from lipbench.device import synchronize, tf32_enabled
 from lipbench.distributed import World
 from lipbench.jobfolder import load_tensors, save_tensors
-from lipbench.registry import LayerMethod, OptimizerSettings
-from lipbench.schedules import one_cycle_lr, one_cycle_momentum
+from lipbench.contracts import PairwiseCertifiable
+from lipbench.losses import LossContext, get_loss
+from lipbench.optimizers import make_optimizer
+from lipbench.registry import LayerMethod
+from lipbench.schedules import one_cycle_lr, one_cycle_momentum, warmup_cosine_lr
 from lipbench.settings import TrainSettings
 
 CALIBRATION_STEPS = 5
@@ -91,49 +94,59 @@ class TrainReport:
                 "train_throughput": self.train_throughput}
 
 
-def offset_cross_entropy(logits: Tensor, labels: Tensor, offset: float, temperature: float) -> Tensor:
-    """Cross-entropy after subtracting ``offset`` from the true logit, at ``temperature`` (Prach & Lampert 2022)."""
-    shifted = logits - offset * F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-    return F.cross_entropy(shifted / temperature, labels) * temperature
-
-
-def make_optimizer(model: nn.Module, method: LayerMethod, settings: TrainSettings,
-                   steps_per_epoch: int, total_steps: int) -> torch.optim.Optimizer:
-    if method.optimizer is not None:
-        return method.optimizer(model, OptimizerSettings(settings.lr, settings.momentum, settings.weight_decay,
-                                                         steps_per_epoch, total_steps))
-    return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                           weight_decay=settings.weight_decay, nesterov=settings.nesterov and settings.momentum > 0)
-
-
 def schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, progress: float) -> None:
     """Write the lr (and the cycled momentum) of ``progress`` into every param group (plain floats)."""
-    lr = one_cycle_lr(progress, settings.lr)
-    momentum = one_cycle_momentum(progress) if settings.momentum_cycle else None
+    if settings.schedule == "cosine":
+        lr, momentum = warmup_cosine_lr(progress, settings.lr, settings.warmup), None
+    else:
+        lr = one_cycle_lr(progress, settings.lr)
+        momentum = one_cycle_momentum(progress) if settings.momentum_cycle else None
     for group in optimizer.param_groups:
         group["lr"] = lr
         if momentum is not None and "momentum" in group:
             group["momentum"] = momentum
 
 
-class TrainStep:
-    """One optimizer step on a batch: forward (under autocast for bf16), loss, backward, update.
+def loss_radius(settings: TrainSettings, progress: float) -> float:
+    """The radius a margin loss trains for at ``progress``: from eps_start to eps_end times loss_eps,
+    linearly over the first eps_ramp of the run (the authors' code of LiResNet and BRONet ramps it so)."""
+    ramp = min(1.0, progress / settings.eps_ramp) if settings.eps_ramp else 1.0
+    return settings.loss_eps * (settings.eps_start + (settings.eps_end - settings.eps_start) * ramp)
 
-    It returns the loss as a device tensor and reads nothing back from the device.
+
+class TrainStep:
+    """One optimizer step on a batch: forward (under autocast for bf16), loss, backward, clipping, update.
+
+    It returns the loss as a device tensor and reads nothing back from the device (the gradient norm of
+    clipping stays on the device too).
     """
 
     def __init__(self, network: nn.Module, model: nn.Module, method: LayerMethod, optimizer: torch.optim.Optimizer,
                  settings: TrainSettings, device: torch.device):
         self.network, self.model, self.method, self.optimizer, self.settings = network, model, method, optimizer, settings
+        self.loss = get_loss(settings.loss).compute
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+        self.margin_pairs = torch.tensor(math.sqrt(2), device=device)
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def pair_lipschitz(self, classes: int) -> Tensor:
+        """What the loss takes as the Lipschitz constants of the logit differences (module doc of losses)."""
+        if isinstance(self.model, PairwiseCertifiable):
+            return self.model.pair_lipschitz(exact=False)
+        return self.margin_pairs.expand(classes, classes)
+
+    def __call__(self, x: Tensor, y: Tensor, epsilon: float = 0.0) -> Tensor:
+        settings = self.settings
         with self.autocast:
-            loss = offset_cross_entropy(self.network(x).float(), y, self.settings.offset, self.settings.temperature)
+            logits = self.network(x).float()
+            context = LossContext(settings.offset, settings.temperature, epsilon,
+                                  self.pair_lipschitz(logits.shape[-1]), settings.focal_gamma)
+            loss = self.loss(logits, y, context)
             if self.method.extra_loss is not None:
                 loss = loss + self.method.extra_loss(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip, foreach=True)
         self.optimizer.step()
         return loss.detach()
 
@@ -240,8 +253,9 @@ def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainS
                 report.stopped_by = "deadline"
                 break
             x, y = world.shard(*batches.next())
-            schedule(optimizer, settings, report.steps / report.steps_planned if report.steps_planned else 0.0)
-            loss = step(x, y)
+            progress = report.steps / report.steps_planned if report.steps_planned else 0.0
+            schedule(optimizer, settings, progress)
+            loss = step(x, y, loss_radius(settings, progress))
             report.steps += 1
             clock.allowed -= 1
             if report.steps % SYNC_EVERY and report.steps > CALIBRATION_STEPS + 1 and clock.allowed > 0 \

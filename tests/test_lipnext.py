@@ -157,8 +157,9 @@ def test_bf16_autocast_training_stays_finite_and_on_the_manifold():
 
 
 def test_optimizer_hook_groups_orthogonal_and_other_parameters():
-    network = small_network(lookahead_steps=3, optimizer="adam")
-    optimizer = lipbench.get_method("lipnext").optimizer(network, OptimizerSettings(0.1, 0.9, 5e-4, 50, 500))
+    network = small_network()
+    optimizer = lipbench.get_method("lipnext").optimizer(
+        network, OptimizerSettings(0.1, 0.9, 5e-4, 50, 500, method="adam", lookahead_steps=3))
     orthogonal, others = optimizer.param_groups
     assert orthogonal["orthogonal"] and not others["orthogonal"]
     assert {id(p) for p in orthogonal["params"]} == {id(p) for p in orthogonal_parameters(network)}

@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 
 import lipbench
-from lipbench.certify import certified_accuracy, margins
+from lipbench.certify import Certifier, certified_accuracy, margins
 from lipbench.data import load_dataset
 from lipbench.datasets.synthetic import make_synthetic
 from lipbench.registry import create_model
-from lipbench.train import TrainSettings, TrainingDiverged, offset_cross_entropy, one_cycle_lr, train
+from lipbench.losses import LossContext
+from lipbench.losses.offset_ce import offset_cross_entropy
+from lipbench.train import TrainSettings, TrainingDiverged, one_cycle_lr, train
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -25,8 +27,12 @@ def test_one_cycle_rises_then_anneals():
 
 def test_offset_cross_entropy_reduces_to_cross_entropy_and_penalizes_small_margins():
     logits, labels = torch.randn(16, 10), torch.randint(10, (16,))
-    assert offset_cross_entropy(logits, labels, 0.0, 1.0) == pytest.approx(float(F.cross_entropy(logits, labels)))
-    assert offset_cross_entropy(logits, labels, 0.4, 0.25) > offset_cross_entropy(logits, labels, 0.0, 0.25)
+
+    def loss(offset, temperature):
+        return offset_cross_entropy(logits, labels, LossContext(offset, temperature, 0.0, torch.tensor(2 ** 0.5)))
+
+    assert loss(0.0, 1.0) == pytest.approx(float(F.cross_entropy(logits, labels)))
+    assert loss(0.4, 0.25) > loss(0.0, 0.25)
 
 
 def test_certified_accuracy_uses_margin_over_sqrt2_L():
@@ -34,7 +40,7 @@ def test_certified_accuracy_uses_margin_over_sqrt2_L():
     labels = torch.tensor([0, 1, 1])
     margin = margins(logits, labels)
     assert margin.tolist() == pytest.approx([1.0, 0.5, -0.3])
-    result = certified_accuracy(margin, lipschitz_bound=2.0)  # radii 1/(2 sqrt2) = 0.354, 0.5/(2 sqrt2) = 0.177
+    result = certified_accuracy(Certifier.margin(2.0).radii(logits, labels))  # radii 1/(2 sqrt2) = 0.354, 0.5/(2 sqrt2) = 0.177
     assert result["clean_acc"] == pytest.approx(2 / 3)
     assert result["cra_36"] == pytest.approx(2 / 3)  # 36/255 = 0.141
     assert result["cra_72"] == pytest.approx(1 / 3)  # 72/255 = 0.282

@@ -1,7 +1,9 @@
 """Audit a trained model's certificate: a sound bound, an empirical lower bound, attacks on certified points.
 
-A certificate claims: every test point with margin / (sqrt 2 * L) > eps keeps its class under any L2
-perturbation of norm eps. The audit checks that claim four ways and never trusts the method:
+A certificate claims: every test point with margin / (sqrt 2 * L) > eps (or, for a normalized head, with
+min_j (z_y - z_j) / (L ||ŵ_y - ŵ_j||) > eps, L the features' bound) keeps its class under any L2
+perturbation of norm eps. The audit checks that claim four ways and never trusts the method (for a
+normalized head, parts 1 and 2 are about the features, whose pair norms the head gives exactly in float64):
 
 1. Sound upper bound, layer by layer (the ConvNet lists its method layers; everything else in it is
    1-Lipschitz by construction). Each layer is rebuilt in float64 and probed as a black box:
@@ -32,7 +34,7 @@ perturbation of norm eps. The audit checks that claim four ways and never trusts
    box: the certificate covers the whole ball.
 4. Verdict: the CRA with the sound bound. When the sound bound is at most the bound the certificate
    used, every recorded certificate stands and the recorded CRA is kept (recomputing could only raise
-   it); otherwise the margins of the whole test set are recomputed.
+   it); otherwise the logits of the whole test set are recomputed.
 
 The bounds are for the function the trained parameters define, evaluated in float64; float32
 inference adds round-off of about 1e-7 relative per layer, which no Lipschitz bound covers.
@@ -52,7 +54,8 @@ from torch import Tensor, nn
 from lipbench.audit.bounds import DENSE_LIMIT, model_layer_bounds
 from lipbench.audit.empirical import (BATCH_SIZE, LOWER_POINTS, LOWER_STEPS, SAMPLES, STEPS, attack_certified,
                                       jacobian_lower_bound, pair_lower_bound)
-from lipbench.certify import certificate, certified_accuracy, evaluate
+from lipbench.certify import Certifier, certificate, certified_accuracy, evaluate
+from lipbench.contracts import PairwiseCertifiable
 from lipbench.data import Dataset
 from lipbench.device import strict_fp32
 from lipbench.jobfolder import finite_or_none
@@ -81,12 +84,12 @@ class AuditSettings:
 
 def audit_model(model: nn.Module, method: LayerMethod, data: Dataset, record: dict[str, Any],
                 device: torch.device, samples: int = SAMPLES, steps: int = STEPS, *,
-                margins_all: Tensor | None = None, **settings: Any) -> dict[str, Any]:
+                logits_all: Tensor | None = None, **settings: Any) -> dict[str, Any]:
     """Audit ``model``'s certificate (module doc); pure: reads no files, writes none.
 
     record: the job's record (``lipschitz_bound``, optional ``lipschitz_bound_claimed``, ``cra_*``); when
         it has no ``lipschitz_bound`` the method's certificate is computed here.
-    margins_all: the margins of the whole test set, in order, if the caller has them (the job process
+    logits_all: the logits of the whole test set, in order, if the caller has them (the job process
         does); they spare an evaluation and make ``cra_sound`` a recomputation.
     settings: the other fields of :class:`AuditSettings`.
     Returns a JSON-ready dict; an unbounded sound bound is None.
@@ -97,7 +100,7 @@ def audit_model(model: nn.Module, method: LayerMethod, data: Dataset, record: di
     model.eval()
     try:
         with strict_fp32():
-            result = run_audit(model, method, data, data.mean.to(device), record, device, options, margins_all)
+            result = run_audit(model, method, data, data.mean.to(device), record, device, options, logits_all)
     finally:
         model.train(was_training)
     result["seconds"] = time.perf_counter() - started
@@ -105,42 +108,46 @@ def audit_model(model: nn.Module, method: LayerMethod, data: Dataset, record: di
 
 
 def run_audit(model: nn.Module, method: LayerMethod, data: Dataset, mean: Tensor, record: dict[str, Any],
-              device: torch.device, options: AuditSettings, margins_all: Tensor | None) -> dict[str, Any]:
+              device: torch.device, options: AuditSettings, logits_all: Tensor | None) -> dict[str, Any]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     if "lipschitz_bound" not in record:
-        record = {**certificate(model, method), **record}
-    layers = model_layer_bounds(model, method, options.dense_limit)
+        record = {**certificate(model, method)[0], **record}
+    pairwise = isinstance(model, PairwiseCertifiable)
+    bounded = model.features if pairwise else model  # what the layer-by-layer bound and the lower bounds are about
+    certified_with = float(record["lipschitz_bound_features"] if pairwise else record["lipschitz_bound"])
+    layers = model_layer_bounds(bounded, method, options.dense_limit)
     sound = math.prod(row["bound"] for row in layers)
     timings["sound_bound"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    count = len(data.x_test) if margins_all is not None else min(options.eval_points, len(data.x_test))
-    test_index = torch.arange(count) if margins_all is not None else \
+    count = len(data.x_test) if logits_all is not None else min(options.eval_points, len(data.x_test))
+    test_index = torch.arange(count) if logits_all is not None else \
         torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(options.seed))[:count]
     images = data.x_test[test_index.to(data.x_test.device)].to(device)
     y = data.y_test[test_index.to(data.y_test.device)].to(device)
-    margin = margins_all if margins_all is not None else evaluate(model, images, y, mean, BATCH_SIZE, device)[0]
-    margin, x = margin.cpu(), images - mean  # attacks and lower bounds work on the centred inputs
+    logits = logits_all if logits_all is not None else evaluate(model, images, y, mean, BATCH_SIZE, device)[0]
+    radius, x = Certifier.for_model(model, certified_with).radii(logits, y), images - mean  # attacks work centred
     timings["margins"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    reference = copy.deepcopy(model).double().requires_grad_(False)
+    reference = copy.deepcopy(bounded).double().requires_grad_(False)
     points = x[:options.lower_points]
-    jacobian, directions = jacobian_lower_bound(model, reference, points, options.lower_steps, options.seed)
-    pairs = pair_lower_bound(model, reference, points, directions, EPSILONS["cra_36"], options.lower_steps)
+    jacobian, directions = jacobian_lower_bound(bounded, reference, points, options.lower_steps, options.seed)
+    pairs = pair_lower_bound(bounded, reference, points, directions, EPSILONS["cra_36"], options.lower_steps)
     timings["lower_bound"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    attacked, violation_points = attack_certified(model, reference, x, y, margin, test_index,
-                                                  float(record["lipschitz_bound"]), options.samples, options.steps,
-                                                  options.seed)
+    attacked, violation_points = attack_certified(model, copy.deepcopy(model).double().requires_grad_(False), x, y,
+                                                  radius, test_index, options.samples, options.steps, options.seed)
     timings["attack"], clock = time.perf_counter() - clock, time.perf_counter()
 
     recorded = {key: record.get(key) for key in EPSILONS}
-    cra_sound, cra_source = sound_cra(model, data, mean, device, sound, float(record["lipschitz_bound"]), recorded,
-                                      margins_all, options.recompute_cra)
+    cra_sound, cra_source = sound_cra(model, data, mean, device, Certifier.for_model(model, sound),
+                                      sound <= certified_with, recorded, logits_all, options.recompute_cra)
     timings["cra"] = time.perf_counter() - clock
     return {
-        **verdict(record, method.tolerance if options.tolerance is None else options.tolerance, sound,
+        **verdict({**record, "lipschitz_bound": certified_with},
+                  method.tolerance if options.tolerance is None else options.tolerance, sound,
                   max(jacobian, pairs), violation_points, layers),
+        "certificate_kind": "pairwise" if pairwise else "margin",
         "lower_bound_jacobian": jacobian, "lower_bound_pairs": pairs,
         "violation_points": violation_points, "attacked": attacked, "attack_steps": options.steps,
         "eval_points": count, "cra_recorded": recorded, "cra_sound": cra_sound, "cra_sound_source": cra_source,
@@ -149,17 +156,17 @@ def run_audit(model: nn.Module, method: LayerMethod, data: Dataset, mean: Tensor
     }
 
 
-def sound_cra(model: nn.Module, data: Dataset, mean: Tensor, device: torch.device, sound: float,
-              certificate_bound: float, recorded: dict[str, Any], margins_all: Tensor | None,
+def sound_cra(model: nn.Module, data: Dataset, mean: Tensor, device: torch.device, sound: Certifier,
+              within_certificate: bool, recorded: dict[str, Any], logits_all: Tensor | None,
               recompute: bool) -> tuple[dict[str, float], str]:
     """The CRA per radius with the sound bound, and where it comes from (module doc, part 4)."""
-    if not math.isfinite(sound):
+    if not torch.isfinite(sound.pair_bounds).all():
         return {key: 0.0 for key in EPSILONS}, "no sound bound: nothing is certified"
-    if margins_all is None and not recompute and sound <= certificate_bound and None not in recorded.values():
+    if logits_all is None and not recompute and within_certificate and None not in recorded.values():
         return recorded, "recorded: the sound bound is at most the certificate's, so every recorded certificate stands"
-    if margins_all is None:
-        margins_all, _ = evaluate(model, data.x_test.to(device), data.y_test.to(device), mean, BATCH_SIZE, device)
-    cra = certified_accuracy(margins_all.cpu(), sound)
+    if logits_all is None:
+        logits_all, _ = evaluate(model, data.x_test.to(device), data.y_test.to(device), mean, BATCH_SIZE, device)
+    cra = certified_accuracy(sound.radii(logits_all, data.y_test))
     return {key: cra[key] for key in EPSILONS}, "recomputed on the whole test set"
 
 

@@ -112,12 +112,13 @@ def project_ball(delta: Tensor, radii: Tensor) -> Tensor:
     return delta * (radii / norms).clamp(max=1).view(-1, *([1] * (delta.dim() - 1)))
 
 
-def attack_certified(model: nn.Module, reference: nn.Module, x: Tensor, y: Tensor, margin: Tensor,
-                     test_index: Tensor, certificate_bound: float, samples: int, steps: int,
+def attack_certified(model: nn.Module, reference: nn.Module, x: Tensor, y: Tensor, radius: Tensor,
+                     test_index: Tensor, samples: int, steps: int,
                      seed: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """Attack up to ``samples`` certified points per radius; (points attacked per radius, violations)."""
+    """Attack up to ``samples`` points per radius that the certificate (``radius``: each point's certified
+    radius) claims robust there; (points attacked per radius, violations)."""
     generator = torch.Generator().manual_seed(seed)
-    radius = margin.cpu() / (math.sqrt(2) * certificate_bound)
+    radius = radius.cpu()
     chosen, radii, attacked = [], [], {}
     for key, eps in EPSILONS.items():
         certified = (radius > eps).nonzero().flatten()
@@ -144,7 +145,7 @@ def attack_certified(model: nn.Module, reference: nn.Module, x: Tensor, y: Tenso
     violations = []
     for i in ((worst_margin <= 0) & confirmed).nonzero().flatten().tolist():
         violations.append({"index": int(test_index[index[i]]), "eps": radii[i], "radius_key": keys[i],
-                           "margin": float(margin[index[i]]), "certified_radius": float(radius[index[i]]),
+                           "certified_radius": float(radius[index[i]]),
                            "adversarial_margin": float(worst_margin[i]),
                            "perturbation_norm": float(delta[i].norm())})
     return attacked, violations

@@ -37,7 +37,7 @@ def audit_checkpoint(checkpoint: Path, config: JobConfig, record: dict[str, Any]
     target = resolve_device(device or "auto")
     data = copy_to(cached_dataset(config.dataset, data_dir or config.data_dir), target)
     model = create_model(config.layer, config.size, data.in_shape, data.n_classes, config.model or None,
-                         **config.layer_options)
+                         config.head, **config.layer_options)
     state = load_tensors(checkpoint)
     try:
         model.load_state_dict(state)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import typer
@@ -22,7 +22,8 @@ from lipbench.executors import create_executor
 from lipbench.executors.slurm import load_slurm_settings
 from lipbench.jobfolder import (CHECKPOINT_NAME, FINISHED, MODEL_NAME, Status, WriteError, job_folder, load_tensors,
                                 read_record, read_status)
-from lipbench.plan import expand
+from lipbench.plan import estimated_epochs, expand
+from lipbench.recipes import load_recipe
 from lipbench.registry import MODELS, model_family, resolve_layers
 from lipbench.report.pages import report_into
 from lipbench.report.terminal import print_board
@@ -36,9 +37,21 @@ DATASETS_OPTION = dynamic_help(typer.Option("fashion-mnist", "--datasets", "--da
 def run_command(
     budget: str = typer.Option("2m", "--budget", "-b", help="Training time per job: 30s, 2m, 1h30m, 10h, or a preset "
                                f"({', '.join(preset_names())}) or preset YAML file; PRESET@TIME runs a preset's "
-                               "protocol for another time (cpu-2m@1m). A plain duration uses the paper's GPU protocol "
-                               f"(batch {TrainSettings.batch_size}, lr {TrainSettings.lr:g}); on a CPU, cpu-2m@TIME "
-                               "suits minutes. Commas run several."),
+                               "protocol for another time (cpu-2m@1m). A plain duration gets the protocol that fits it "
+                               "(see --protocol). Commas run several."),
+    recipe: str = typer.Option("prach", help="Training recipe: loss, optimizer, Lookahead, head, schedule, clipping "
+                               "and radius ramp of a paper (prach, liresnet, bronet, lipnext; see `lipbench recipes`), "
+                               "or a recipe YAML file. It overrides the budget's protocol; the options below override "
+                               "it."),
+    protocol: str = typer.Option("auto", help="For a plain duration: auto picks the paper's protocol (batch "
+                                 f"{TrainSettings.batch_size}, lr {TrainSettings.lr:g}, OneCycle) when the budget fits "
+                                 "many epochs on this device, else the short-run protocol of budgets/cpu-2m.yaml "
+                                 "(batch 32, lr 0.02; for minutes on a CPU); paper or short-run forces one."),
+    loss: Optional[str] = typer.Option(None, help="Override the recipe's loss: offset-ce, emma, logit-annealing "
+                                       "(see `lipbench recipes`)."),
+    optimizer: Optional[str] = typer.Option(None, help="Override the recipe's optimizer: sgd, adam or nadam."),
+    head: Optional[str] = typer.Option(None, help="Override the recipe's last layer: default or normalized (certified "
+                                       "per class pair)."),
     layers: str = typer.Option("aol,standard", "--layers", "--layer", "-l",
                                help="Methods, comma-separated; wildcards allowed ('*', 'so*'). See `lipbench layers`."),
     sizes: str = typer.Option("XS", "--sizes", "--size", "-s",
@@ -118,15 +131,19 @@ def run_command(
     seed_list = [seed] if seed is not None else parse_seeds(seeds)
     if model:
         MODELS.get(model)
-    overrides = check_settings({k: v for k, v in dict(batch_size=batch_size, lr=lr, momentum=momentum,
+    chosen_recipe = load_recipe(recipe)
+    overrides = check_settings({k: v for k, v in dict(loss=loss, optimizer=optimizer, head=head,
+                                                       batch_size=batch_size, lr=lr, momentum=momentum,
                                                        weight_decay=weight_decay, augment=augment, precision=precision,
                                                        max_steps=max_steps, epochs=epochs,
                                                        tf32=on_off(tf32, "--tf32")).items() if v is not None},
                                "the command line")
     here = resolve_device(device if executor == "local" else "cpu")  # a cluster's login node may have no GPU
-    jobs = expand(names, size_list, dataset_list, budgets, seed_list, overrides, model=model, device=device,
+    jobs = expand(names, size_list, dataset_list, budgets, seed_list, overrides, model=model, recipe=chosen_recipe,
+                  device_type=here.type, protocol=protocol, device=device,
                   layer_options=parse_key_values(layer_option or []), plugins=plugins, data_dir=data_dir,
                   save_model=save_model, with_audit=audit)
+    console.print(describe_protocol(budgets, jobs, here, chosen_recipe.name), highlight=False)
     report_missing_sizes(names, size_list, model)
     if not jobs:
         raise UserError("nothing to run: no layer offers the requested sizes (see `lipbench layers`)")
@@ -141,9 +158,6 @@ def run_command(
     if dry_run:
         print_plan(jobs, out, here)
         return
-    hint = cpu_protocol_hint(budgets, here, overrides)
-    if hint:
-        console.print(f"[yellow]{hint}[/]")
     sweep = write_sweep(out, jobs, {"layers": names, "sizes": size_list, "datasets": dataset_list,
                                     "budgets": [b.name for b in budgets], "seeds": seed_list, "overrides": overrides},
                         fingerprint(here))
@@ -191,14 +205,17 @@ def check_checkpoints(out: Path, jobs: list[JobConfig]) -> None:
             load_tensors(path)
 
 
-def cpu_protocol_hint(budgets: list[Budget], device: torch.device, overrides: dict[str, Any]) -> str | None:
-    """On a CPU, a plain duration without lr or batch size given gets the paper's GPU protocol: say so."""
-    plain = [budget.name for budget in budgets if not budget.protocol]
-    if device.type != "cpu" or not plain or {"lr", "batch_size"} & set(overrides):
-        return None
-    return (f"--budget {plain[0]} trains with the paper's protocol (batch {TrainSettings.batch_size}, "
-            f"lr {TrainSettings.lr:g}), made for hours on a GPU; "
-            f"for minutes on a CPU, --budget cpu-2m@{plain[0]} uses a protocol tuned for them (see budgets/cpu-2m.yaml)")
+def describe_protocol(budgets: list[Budget], jobs: list[JobConfig], device: torch.device, recipe: str) -> str:
+    """The run's first line: the recipe, and for each plain duration the protocol chosen and why."""
+    parts = [f"recipe {recipe}"]
+    for budget in budgets:
+        chosen = next((job.protocol for job in jobs if job.budget == budget.name and job.protocol), "")
+        if chosen:
+            fits = estimated_epochs(budget.seconds, device.type)
+            source = "budgets/cpu-2m.yaml" if chosen == "short-run" else "Prach et al.'s"
+            parts.append(f"--budget {budget.name}: the {chosen} protocol ({source}; about {fits:.2g} epochs of a "
+                         f"CIFAR-sized set fit on {device.type}; --protocol changes it)")
+    return "; ".join(parts)
 
 
 def report_missing_sizes(names: list[str], sizes: list[str], model: str) -> None:
