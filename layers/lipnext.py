@@ -295,6 +295,7 @@ def make_config(size: str, **options: Any) -> LipNeXtConfig:
 
 
 @register_model("lipnext", sizes=(*SIZES, *PAPER_SIZES), methods=("lipnext",), size_pattern=SIZE_PATTERN.pattern,
+                features=lambda size: parse_size(size)[1],
                 description="LipNeXt (Hu et al. 2026): patch stem, LipNeXt blocks, L2 pooling, orthogonal head")
 def build_model(method: LayerMethod, size: str, in_shape: tuple[int, int, int], n_classes: int,
                 **options: Any) -> LipNeXt:

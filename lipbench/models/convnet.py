@@ -78,7 +78,8 @@ class ConvNet(nn.Module):
 
 @register_model("convnet", sizes=tuple(WIDTHS), kinds=("conv",),
                 description="The ConvNet of Prach et al. (CVPR 2024): 27 layers of the method, widths 16-128",
-                size_notes={size: f"width {width}" for size, width in WIDTHS.items()})
+                size_notes={size: f"width {width}" for size, width in WIDTHS.items()},
+                features=lambda size: WIDTHS[size] * 2 ** BLOCKS)
 def build_convnet(method: LayerMethod, size: str, in_shape: tuple[int, ...], n_classes: int,
                   **options: Any) -> ConvNet:
     return ConvNet(method, WIDTHS[size], in_shape, n_classes, **options)

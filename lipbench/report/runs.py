@@ -12,6 +12,7 @@ import pandas as pd
 
 from lipbench.jobfolder import read_records
 from lipbench.radii import RADII
+from lipbench.recipes import DEFAULT_RECIPE, load_recipe, recipe_names
 from lipbench.report.metrics import NUMERIC
 from lipbench.settings import JobConfig
 
@@ -140,11 +141,23 @@ def variant_labels(frame: pd.DataFrame) -> list[str]:
         only_device = devices.pop() if len(devices) == 1 else None
         for values in settings.values():  # a run that died before it recorded its device ran on the others' one
             values["device_name"] = values["device_name"] or only_device
-        differing = [key for key in SETTINGS if len({str(s.get(key)) for s in settings.values()}) > 1]
+        implied = recipe_settings({s.get("recipe") or DEFAULT_RECIPE for s in settings.values()})
+        differing = [key for key in SETTINGS if key not in implied and len({str(s.get(key)) for s in settings.values()}) > 1]
         for index, values in settings.items():
-            labelled = [key for key in SETTINGS if key in differing or (key in ALWAYS_LABELLED and values.get(key))]
+            labelled = [key for key in SETTINGS if key in differing or (key in ALWAYS_LABELLED and values.get(key))
+                        or (key == "recipe" and values.get(key, DEFAULT_RECIPE) != DEFAULT_RECIPE)]
             labels[index] = ", ".join(setting_text(key, values.get(key)) for key in labelled)
     return labels.tolist()
+
+
+def recipe_settings(names: set[str]) -> set[str]:
+    """The settings the recipes ``names`` set (a row is labelled by its recipe's name, not by each of them);
+    a recipe file not shipped with this lipbench implies nothing."""
+    keys: set[str] = set()
+    for name in names:
+        if name in recipe_names():
+            keys |= set(load_recipe(name).settings)
+    return keys
 
 
 def setting_text(key: str, value: Any) -> str:
