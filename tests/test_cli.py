@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -100,14 +99,12 @@ def test_layers_table_names_every_method_and_fits_80_columns():
     assert "training: lr=0.01" in result.stdout  # the unconstrained layers' own lr
 
 
-def test_a_plain_duration_on_cpu_points_to_the_cpu_preset():
-    import torch
-
-    from lipbench.budget import load_budget
-    from lipbench.cli.run import cpu_protocol_hint
-
-    cpu, plain, preset = torch.device("cpu"), load_budget("2m"), load_budget("cpu-2m")
-    assert "--budget cpu-2m@2m" in cpu_protocol_hint([plain], cpu, {})
-    assert cpu_protocol_hint([preset], cpu, {}) is None
-    assert cpu_protocol_hint([plain], cpu, {"lr": 0.1}) is None  # the user chose the protocol
-    assert cpu_protocol_hint([plain], torch.device("cuda"), {}) is None
+def test_a_run_says_its_recipe_and_the_protocol_a_plain_duration_got_in_its_first_line(tmp_path):
+    result = lipbench("run", "--budget", "2m", "--layers", "aol", "--dataset", "synthetic", "--recipe", "bronet",
+                      "--dry-run", "--out", str(tmp_path), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    first = " ".join(result.stdout.split("fashion")[0].split("synthetic")[0].split())
+    assert first.startswith("recipe bronet; --budget 2m: the short-run protocol (budgets/cpu-2m.yaml;"), first
+    preset = lipbench("run", "--budget", "cpu-2m", "--layers", "aol", "--dataset", "synthetic", "--dry-run",
+                      "--out", str(tmp_path), "--device", "cpu")
+    assert preset.stdout.splitlines()[0] == "recipe prach"

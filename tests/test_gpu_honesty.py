@@ -72,7 +72,6 @@ def test_recorded_throughput_is_images_over_synchronized_whole_steps():
     model = lipbench.create_model("aol", "XS", data.in_shape, data.n_classes)
     settings = TrainSettings(budget_s=600, batch_size=64, augment=True, max_steps=30)  # data drawing is not free
     first: list[float] = []
-    started = time.perf_counter()
     report = train(model, lipbench.get_method("aol"), data, settings, CPU,
                    on_event=lambda event: first.append(time.perf_counter()) if event.get("step") == 1 else None)
     ended = time.perf_counter()
@@ -97,9 +96,9 @@ def test_tf32_is_one_explicit_setting_and_certificates_are_strict_fp32(monkeypat
     model = lipbench.create_model("aol", "XS", data.in_shape, data.n_classes)
     original = TrainStep.__call__
 
-    def spy(self, x, y):
+    def spy(self, x, y, epsilon):
         seen["training"] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        return original(self, x, y)
+        return original(self, x, y, epsilon)
 
     monkeypatch.setattr(TrainStep, "__call__", spy)
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lipbench.bounds import operator_matrix, singular_values
+from lipbench.bounds import singular_values
 from lipbench.blocks import MaxMin
 from lipbench.contracts import count_parameters
 from lipbench.registry import create_model

@@ -1,10 +1,7 @@
-import sys
 import textwrap
-import warnings
 from importlib.metadata import EntryPoint
 
 import pytest
-import torch
 from torch import nn
 
 import lipbench

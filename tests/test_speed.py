@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 import lipbench
 from lipbench import speed
@@ -90,22 +89,22 @@ def test_confirmation_pools_a_second_measurement():
 # ---------------------------------------------------------------- configuration and baseline files
 
 def test_config_validation():
-    config = speed.make_config("cpu", batch=4)
+    config = speed.timing_config("cpu", batch=4)
     assert (config.shape.batch, config.shape.channels, config.timing.clock) == (4, 64, "cpu")
-    assert speed.make_config("cuda").timing.clock == "wall"
+    assert speed.timing_config("cuda").timing.clock == "wall"
     for bad in (dict(dtype="int8"), dict(dtype="floaty"), dict(kind="conv3d"), dict(clock="sundial")):
         with pytest.raises(lipbench.UserError):
-            speed.make_config("cpu", **bad)
+            speed.timing_config("cpu", **bad)
     with pytest.raises(lipbench.UserError, match="cpu clock"):
-        speed.make_config("cuda", clock="cpu")
+        speed.timing_config("cuda", clock="cpu")
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_baseline_round_trip_and_hand_edits(tmp_path, suffix):
-    config = speed.make_config("cpu", batch=8)
+    config = speed.timing_config("cpu", batch=8)
     speeds = speed.Speeds({"aol": {"train": speed.Sample([2.0, 2.2, 1.9], [9.0], [4.5]),
                                    "eval": speed.Sample([1.4, 1.5, 1.3], [2.0], [1.4])}},
-                          environment=speed.fingerprint("cpu"))
+                          environment=speed.baseline_environment("cpu"))
     path = tmp_path / f"baseline{suffix}"
     speed.save_document(speed.to_document(speeds, config), path)
     loaded_config, loaded = speed.from_document(speed.load_document(path))
@@ -128,7 +127,7 @@ def test_baseline_round_trip_and_hand_edits(tmp_path, suffix):
 
 
 def test_time_layer_in_process():
-    config = speed.make_config("cpu", batch=4, channels=8, size=8, pairs=7, block_ms=1, warmup_ms=5)
+    config = speed.timing_config("cpu", batch=4, channels=8, size=8, pairs=7, block_ms=1, warmup_ms=5)
     timed = worker.time_layer(worker.build_layer("standard", config.shape), config)
     assert set(timed) == set(speed.STEPS)
     for step in speed.STEPS:

@@ -148,7 +148,7 @@ def run_command(
     if not jobs:
         raise UserError("nothing to run: no layer offers the requested sizes (see `lipbench layers`)")
     settings = load_slurm_settings(slurm_config, parse_key_values(slurm or [], "--slurm", "partition=gpu"))
-    runner = create_executor(executor, device, nproc, max_parallel, settings, announce=console.print,
+    executor_for_jobs = create_executor(executor, device, nproc, max_parallel, settings, announce=console.print,
                              share_gpus=share_gpus, replace=force or not resume)
     check_batch_sizes([job.batch_size for job in jobs], nproc)
     check_datasets(dataset_list, data_dir, download=not dry_run)
@@ -163,7 +163,7 @@ def run_command(
                         fingerprint(here))
     console.print(f"{len(jobs)} jobs, {len(jobs) - len(pending)} already done; sweep {sweep.name}; results in {out}/")
     try:
-        run_sweep(out, pending, runner, ProgressObserver(), RetryPolicy(nan_retries=retries, oom_retries=retries))
+        run_sweep(out, pending, executor_for_jobs, ProgressObserver(), RetryPolicy(nan_retries=retries, oom_retries=retries))
         if audit:
             audit_unaudited(out, jobs, device)
     except WriteError as error:

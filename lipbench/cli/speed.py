@@ -102,7 +102,7 @@ def speed_command(
     save: Annotated[Optional[Path], typer.Option(help="Write a baseline file (JSON, or YAML by extension).")] = None,
 ) -> None:
     plugins = load_plugins(plugin)
-    config = speed.make_config(speed.device_class(device), dtype, kind, batch, channels, size, kernel, clock,
+    config = speed.timing_config(speed.device_class(device), dtype, kind, batch, channels, size, kernel, clock,
                                pairs=pairs, block_ms=block_ms, warmup_ms=warmup_ms, threads=threads)
     names = layers_of_kind(resolve_layers(layers or "*"), kind)
     console.print(f"measuring {', '.join(names)}: {describe(config, processes)}", highlight=False)
@@ -182,7 +182,7 @@ def check_command(
     if baseline is not None:
         config, before, after = measure_against_baseline(baseline, layers, device, plugins, processes, alpha)
     else:
-        config = speed.make_config(speed.device_class(device or "auto"), dtype, kind, batch, channels, size,
+        config = speed.timing_config(speed.device_class(device or "auto"), dtype, kind, batch, channels, size,
                                    kernel, clock, pairs=pairs, block_ms=block_ms, warmup_ms=warmup_ms, threads=threads)
         before, after = measure_against_revision(against, config, layers, plugins, processes, alpha)
     factor = factor or speed.DEFAULT_FACTOR[config.device]
@@ -266,7 +266,7 @@ def require_power(before_count: int, processes: int, alpha: float) -> None:
 
 def warn_about_environment(recorded: dict, config: speed.Config) -> None:
     """Note what differs from the machine the baseline was measured on (ratios stay comparable)."""
-    current = speed.fingerprint(config.device)
+    current = speed.baseline_environment(config.device)
     for key in ("device", "cpu_count", "torch", "lipbench"):
         if key in recorded and recorded[key] != current[key]:
             console.print(f"[yellow]note:[/] baseline {key} {recorded[key]!r}, here {current[key]!r}", highlight=False)

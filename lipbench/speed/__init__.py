@@ -30,14 +30,14 @@ also measures another revision's ``lipbench`` put first on ``PYTHONPATH``) and r
 file and back; :func:`judge` (``verdicts``) compares two samples.
 """
 from lipbench.speed.baseline import BASELINE_FORMAT, from_document, load_document, save_document, to_document
-from lipbench.speed.verdicts import (DEFAULT_ALPHA, DEFAULT_FACTOR, Verdict, compare, confirmed_verdicts, judge,
-                                  mann_whitney_greater, smallest_p)
-from lipbench.speed.processes import (DEVICE_CLASSES, device_class, fingerprint, make_config, measure,
-                                      revision_tree, run_worker)
+from lipbench.speed.processes import (DEVICE_CLASSES, baseline_environment, device_class, measure, revision_tree,
+                                      run_worker, timing_config)
 from lipbench.speed.samples import Sample, Speeds
-from lipbench.speed.worker import STEPS, Config, Shape, Timing
+from lipbench.speed.verdicts import (DEFAULT_ALPHA, DEFAULT_FACTOR, Verdict, compare, confirmed_verdicts, judge,
+                                     mann_whitney_greater, smallest_p)
+from lipbench.speed.worker import STEPS, Config, Timing, Workload
 
 __all__ = ["BASELINE_FORMAT", "DEFAULT_ALPHA", "DEFAULT_FACTOR", "DEVICE_CLASSES", "STEPS", "Config", "Sample",
-           "Shape", "Speeds", "Timing", "Verdict", "compare", "confirmed_verdicts", "device_class", "fingerprint",
-           "from_document", "judge", "load_document", "make_config", "mann_whitney_greater", "measure",
-           "revision_tree", "run_worker", "save_document", "smallest_p", "to_document"]
+           "Speeds", "Timing", "Verdict", "Workload", "baseline_environment", "compare", "confirmed_verdicts",
+           "device_class", "from_document", "judge", "load_document", "mann_whitney_greater", "measure",
+           "revision_tree", "run_worker", "save_document", "smallest_p", "timing_config", "to_document"]

@@ -12,7 +12,7 @@ from lipbench.errors import UserError
 from lipbench.jobfolder import write_text_atomic
 from lipbench.speed.processes import DEVICE_CLASSES
 from lipbench.speed.samples import Sample, Speeds
-from lipbench.speed.worker import STEPS, Config, Shape, Timing
+from lipbench.speed.worker import STEPS, Config, Workload, Timing
 
 BASELINE_FORMAT = "lipbench-speed-baseline/1"
 
@@ -43,7 +43,7 @@ def from_document(document: dict, source: str = "baseline") -> tuple[Config, Spe
         if document.get("format") != BASELINE_FORMAT:
             raise ValueError(f"format is {document.get('format')!r}, expected {BASELINE_FORMAT!r}")
         settings = document["config"]
-        config = Config(shape=Shape(**settings["shape"]), dtype=str(settings["dtype"]),
+        config = Config(shape=Workload(**settings["shape"]), dtype=str(settings["dtype"]),
                         device=str(settings["device_class"]), timing=Timing(**settings["timing"]))
         speeds = Speeds(environment=dict(document.get("environment") or {}))
         for name, steps in document["layers"].items():

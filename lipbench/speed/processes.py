@@ -43,7 +43,7 @@ def device_class(requested: str) -> str:
     return requested
 
 
-def make_config(device: str, dtype: str = "float32", kind: str = "conv", batch: int | None = None,
+def timing_config(device: str, dtype: str = "float32", kind: str = "conv", batch: int | None = None,
                 channels: int | None = None, size: int | None = None, kernel: int | None = None,
                 clock: str | None = None, **timing: float) -> Config:
     """A validated config: the device's default shape with the given fields replaced."""
@@ -61,7 +61,7 @@ def make_config(device: str, dtype: str = "float32", kind: str = "conv", batch: 
     return Config(shape=shape, dtype=dtype, device=device, timing=Timing(clock=clock, **timing))
 
 
-def fingerprint(device: str) -> dict:
+def baseline_environment(device: str) -> dict:
     """What the ratios were measured with (stored with a baseline)."""
     return {"lipbench": lipbench.__version__, "torch": str(torch.__version__), "python": platform.python_version(),
             "device": device_name(torch.device(device)), "cpu_count": os.cpu_count()}
@@ -99,7 +99,7 @@ def measure(layers: Sequence[str], config: Config, plugins: Sequence[str] = (), 
             report = run_worker(order, config, plugins, tree)
             progress(f"process {index + 1}/{processes}{' (other revision)' if tree else ''}: "
                      f"{time.perf_counter() - started:.1f} s")
-            speeds.environment = speeds.environment or {**fingerprint(config.device),
+            speeds.environment = speeds.environment or {**baseline_environment(config.device),
                                                          "lipbench": report["lipbench_version"]}
             speeds.skipped.update(report["skipped"])
             for name, error in report["errors"].items():

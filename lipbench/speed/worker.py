@@ -27,7 +27,7 @@ SGD_LR, SGD_MOMENTUM = 1e-4, 0.9  # a small lr: hundreds of timed steps leave th
 
 
 @dataclass(frozen=True)
-class Shape:
+class Workload:
     """The input a layer is timed on: (batch, channels, size, size) for conv, (batch, channels) for linear."""
 
     kind: str = "conv"
@@ -42,7 +42,7 @@ class Shape:
         return f"conv b{self.batch} c{self.channels} {self.size}x{self.size} k{self.kernel}"
 
 
-DEFAULT_SHAPE = {"cpu": Shape(), "cuda": Shape("conv", 256, 128, 32, 3)}
+DEFAULT_SHAPE = {"cpu": Workload(), "cuda": Workload("conv", 256, 128, 32, 3)}
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}  # cpu: this process's CPU time
 
 
@@ -64,18 +64,18 @@ DEFAULT_CLOCK = {"cpu": "cpu", "cuda": "wall"}
 class Config:
     """Everything a measurement depends on besides the code: shape, dtype, device class, timing."""
 
-    shape: Shape
+    shape: Workload
     dtype: str = "float32"
     device: str = "cpu"
     timing: Timing = Timing()
 
 
 def config_from_dict(data: dict) -> Config:
-    return Config(shape=Shape(**data["shape"]), dtype=data["dtype"], device=data["device"],
+    return Config(shape=Workload(**data["shape"]), dtype=data["dtype"], device=data["device"],
                   timing=Timing(**data["timing"]))
 
 
-def reference_module(shape: Shape) -> nn.Module:
+def reference_module(shape: Workload) -> nn.Module:
     """The plain layer every method is timed against: nn.Conv2d ('same' zero padding) or nn.Linear."""
     if shape.kind == "linear":
         return nn.Linear(shape.channels, shape.channels)
@@ -159,7 +159,7 @@ def interleaved(layer_step: Callable[[], None], reference_step: Callable[[], Non
             "reference_ms": float(np.median(reference_times)) * 1e3}
 
 
-def build_layer(name: str, shape: Shape) -> nn.Module:
+def build_layer(name: str, shape: Workload) -> nn.Module:
     """Layer ``name`` at ``shape``, stride 1; a ValueError when the method does not offer that shape."""
     torch.manual_seed(0)
     if shape.kind == "linear":

@@ -1,5 +1,4 @@
 """Test plugin: a layer whose output is NaN in training mode (a diverging run)."""
-import torch
 from torch import nn
 
 import lipbench
