@@ -9,8 +9,9 @@ A 1x1 kernel (and the dense variant) is the matrix exponential of a skew-symmetr
 
 Normalization (as the reference): nu = min of power-iteration estimates of the spectral norms
 of S reshaped to (out*h, in*w) and to (out, in*h*w) ("fantastic four" reshapings; for a skew
-kernel the other two are permuted transposes of these), c = 0.7 (1 for 1x1 kernels), one
-power-iteration step per training step. It is a heuristic, not a bound: ||A|| is about 1.2 to
+kernel the other two are permuted transposes of these), c = 0.7 (1 for 1x1 kernels), 50
+iterations at construction and at every 200th training step, one at every other step (the
+reference's init_iters, update_freq and update_iters). It is a heuristic, not a bound: ||A|| is about 1.2 to
 1.5 for random 3x3 kernels. Soundness comes from ``lipschitz_bound`` below.
 
 Approximation and its error: degree d = 5 in training, 12 in eval (the reference's
@@ -25,7 +26,13 @@ are |p_d(i theta)| over its eigenvalues i theta: degree 5 never falls below 1 fo
 |theta| <= 1.9 and degree 12 stays above 1 - 3e-8 for |theta| <= 1.5; the declared tolerance
 for sigma_min, 1e-4, covers that (conformance shapes after 20 SGD steps: 1 - 5e-9).
 
-Padding: circular, where the paper pads with zeros. A circular convolution is one matrix per
+Padding: circular by default; ``padding="zero"`` (``--layer-option padding=zero``) is the
+paper's and the reference's variant. A zero-padded 'same' convolution with an odd kernel has for
+adjoint the zero-padded convolution with the transposed-flipped kernel, so with S* = -S the
+operator A is exactly skew-symmetric (the paper's Theorem 2) and exp(A) exactly orthogonal; the
+layer applies p_d(A) as d zero-padded convolutions (Horner's scheme), and the bound uses the
+circular norm on the input padded by k - 1 pixels, which bounds ||A|| from above (so tau stays
+sound, not exact). With circular padding (the default): A circular convolution is one matrix per
 frequency of the 2-D DFT, so p_d(A) is one matrix per frequency, built with d - 1 products
 (C^3 per frequency) and applied with one FFT-domain product; when the batch is smaller than
 the channels, training applies the d products to the batch's spectrum instead (the same
@@ -43,6 +50,7 @@ from torch import Tensor, nn
 from lipbench.bounds import conv_norm, dense_norm
 from lipbench.caching import eval_cached, eval_cached_per_shape
 from lipbench.contracts import Shape
+from lipbench.errors import UserError
 from lipbench.fourier import (fourier_conv, from_spectrum_by_frequency, skew_kernel, spectrum_by_frequency,
                               transfer_matrices_by_dft)
 from lipbench.layerkit import apply_dense, check_conv_options
@@ -54,6 +62,8 @@ EVAL_DEGREE = 12
 CORRECTION = 0.7
 INIT_ITERATIONS = 50
 TRAIN_ITERATIONS = 1
+REESTIMATE_EVERY = 200
+PADDINGS = ("circular", "zero")
 
 
 def norm_reshapings(kernel: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,6 +87,13 @@ class SkewOrthogonal(nn.Module):
         self.register_buffer("rows_vector", nn.functional.normalize(torch.randn(by_rows.shape[1]), dim=0))
         self.register_buffer("channels_vector", nn.functional.normalize(torch.randn(by_channels.shape[1]), dim=0))
         self.advance_normalization(INIT_ITERATIONS)
+        self.training_steps = 0
+
+    def track_normalization(self) -> None:
+        """One training step's power iterations: many at every REESTIMATE_EVERY-th step, else one."""
+        self.advance_normalization(INIT_ITERATIONS if self.training_steps % REESTIMATE_EVERY == 0
+                                   else TRAIN_ITERATIONS)
+        self.training_steps += 1
 
     def advance_normalization(self, steps: int) -> None:
         by_rows, by_channels = norm_reshapings(skew_kernel(self.weight.detach()))
@@ -123,7 +140,7 @@ class SOCConv2d(SkewOrthogonal):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
-            self.advance_normalization(TRAIN_ITERATIONS)
+            self.track_normalization()
         if self.training and x.shape[0] < self.weight.shape[0]:
             output = self.series_on_batch(x)
         else:
@@ -132,6 +149,24 @@ class SOCConv2d(SkewOrthogonal):
 
     def generator_norm(self, size: Shape) -> float:
         return conv_norm(self.generator(), size, "circular")
+
+
+class SOCZeroPaddedConv2d(SkewOrthogonal):
+    """SOC with a k x k kernel and zero padding (the paper's variant): p_d(A) x by Horner's scheme,
+    v <- A v / j + x, one zero-padded convolution per degree."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            self.track_normalization()
+        generator = self.generator()
+        padded = nn.functional.pad(x, (0, 0, 0, 0, 0, generator.shape[0] - x.shape[1]))
+        result = padded
+        for j in range(self.degree(), 0, -1):
+            result = padded + nn.functional.conv2d(result, generator, padding=generator.shape[-1] // 2) / j
+        return result[:, :self.out_channels] + self.bias[:, None, None]
+
+    def generator_norm(self, size: Shape) -> float:
+        return conv_norm(self.generator(), size, "zeros")
 
 
 class SOCLinear(SkewOrthogonal):
@@ -147,7 +182,7 @@ class SOCLinear(SkewOrthogonal):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
-            self.advance_normalization(TRAIN_ITERATIONS)
+            self.track_normalization()
         return apply_dense(x, self.exponential(), self.bias)
 
     def generator_norm(self, size: Shape) -> float:
@@ -156,13 +191,18 @@ class SOCLinear(SkewOrthogonal):
 
 @register_layer("soc", family="orthogonal", padding="circular", exact=False, orthogonal=True,
                 tolerance=1e-4, approximation={"train_degree": TRAIN_DEGREE, "eval_degree": EVAL_DEGREE,
-                                               "correction": CORRECTION, "norm_iterations_per_step": TRAIN_ITERATIONS},
+                                               "correction": CORRECTION, "norm_iterations_per_step": TRAIN_ITERATIONS,
+                                               "reestimate_every": REESTIMATE_EVERY},
                 description="Skew orthogonal convolution, Taylor series in the Fourier domain (Singla & Feizi 2021)")
 def build_soc(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3,
-              stride: int = 1) -> SkewOrthogonal:
+              stride: int = 1, padding: str = "circular") -> SkewOrthogonal:
+    if padding not in PADDINGS:
+        raise UserError(f"soc: padding must be one of {', '.join(PADDINGS)}, not {padding!r} (--layer-option padding=zero)")
     if kind == "linear":
         return SOCLinear(in_channels, out_channels)
     check_conv_options("soc", kernel_size, stride)
     if kernel_size == 1:
         return SOCLinear(in_channels, out_channels)
+    if padding == "zero":
+        return SOCZeroPaddedConv2d(in_channels, out_channels, kernel_size)
     return SOCConv2d(in_channels, out_channels, kernel_size)
