@@ -1,5 +1,4 @@
 """LiResNet's linear residual blocks, Cholesky dense layers and network; AOC's strided orthogonal convs."""
-import math
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ from lipbench.bounds import conv_norm, operator_matrix, singular_values, strided
 from lipbench.datasets.synthetic import make_synthetic
 from lipbench.errors import UserError
 from lipbench.layers.liresnet import CHOLESKY_REGULARIZATION, CholeskyLinear, LiResConv2d
+from lipbench.models.convnet import ConvNet
 from lipbench.models.liresnet import parse_size
 from lipbench.settings import TrainSettings
 from lipbench.train import train
@@ -167,13 +167,13 @@ def test_aoc_convnet_audit_has_no_violations():
     torch.manual_seed(0)
     data = make_synthetic(n_train=128, n_test=64, n_classes=4, size=16)
     method = lipbench.get_method("aoc")
-    model = lipbench.create_model("aoc", "XS", data.in_shape, data.n_classes)
+    model = ConvNet(method, 4, data.in_shape, data.n_classes)  # the XS layout at a quarter of the width
     train(model, method, data, TrainSettings(budget_s=60, batch_size=32, lr=0.05, max_steps=4), torch.device("cpu"))
     model.eval()
     result = audit_model(model, method, data, {"lipschitz_bound": model.lipschitz_bound()}, torch.device("cpu"),
                          **QUICK_AUDIT)
     assert result["violations"] == 0 and result["sound_bound_proved"] and result["passed"]
-    assert math.isclose(result["sound_bound"], model.lipschitz_bound(), rel_tol=1e-6)
+    assert 1 - 1e-6 <= result["sound_bound"] <= model.lipschitz_bound()  # float64 vs the float32 kernels
 
 
 def test_aoc_without_orthogonium_says_how_to_install(monkeypatch):
