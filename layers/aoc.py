@@ -9,13 +9,13 @@ is the composition of a (k - s + 1) BCOP kernel and an s x s RKO kernel. With ci
 the strided convolution is then orthogonal on inputs whose size the stride divides (rows
 orthonormal when it reduces dimensions). A dense layer orthogonalizes its matrix.
 
-Approximation. Every matrix is orthogonalized by 16 Björck-Bowie steps w <- 1.5 w - 0.5 w w^T w
+Approximation. Every matrix is orthogonalized by 14 Björck-Bowie steps w <- 1.5 w - 0.5 w w^T w
 (orthogonium: 12). Here each starts from the matrix divided by a sound bound of its norm (the
 smaller of the Frobenius and Gershgorin bounds of its Gram matrix, ``linalg.gram_norm_bound``)
 instead of orthogonium's 3 power-iteration steps, whose u and v parameters are fixed to float32
 (a float64 layer fails): a start inside the unit ball stays there, so in exact arithmetic every
-factor has norm <= 1. That start lies deeper inside, hence 4 more steps (at 12, a 4 -> 16 stride-2
-layer at init kept sigma_min = 1 - 2e-4; at 16, 1 - 1e-15). The certificate does not rest on
+factor has norm <= 1. That start lies deeper inside, hence 2 more steps (at 12, a 4 -> 16 stride-2
+layer at init kept sigma_min = 1 - 2e-4; at 14, 1 - 1e-14). The certificate does not rest on
 it: ``lipschitz_bound`` is the exact norm of the explicit kernel on the input size (the FFT of
 the circular convolution, at a stride on its polyphase components, ``bounds.strided_circular_conv_norm``).
 
@@ -36,7 +36,7 @@ from lipbench.errors import UserError
 from lipbench.linalg import gram_norm_bound
 from lipbench.registry import register_layer
 
-BJORCK_ITERATIONS = 16
+BJORCK_ITERATIONS = 14
 INSTALL_HINT = "the aoc layer needs orthogonium: pip install -e '.[orthogonium]'"
 
 
