@@ -182,3 +182,21 @@ def test_aoc_without_orthogonium_says_how_to_install(monkeypatch):
     with pytest.raises(UserError, match=r"pip install -e '\.\[orthogonium\]'"):
         lipbench.create_layer("aoc", "conv", 4, 4, 3, 1)
     assert "aoc" in lipbench.list_layers()
+
+
+@pytest.mark.parametrize("name", ["liresnet", "aoc"])
+def test_common_convnet_of_each_layer_is_bounded_by_its_certificate(name):
+    if name == "aoc":
+        pytest.importorskip("orthogonium")
+    torch.manual_seed(0)
+    model = ConvNet(lipbench.get_method(name), 4, (1, 16, 16), 4).double()
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(8, 1, 16, 16, generator=generator, dtype=torch.float64)
+    y = x + 0.05 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    for mode in (True, False):
+        model.train(mode)
+        bound = model.lipschitz_bound()
+        with torch.no_grad():
+            ratio = (model(x) - model(y)).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
+        assert float(ratio.max()) <= bound * (1 + 1e-9)
+    assert bound <= 1 + 1e-9  # eval mode: 1-Lipschitz by proof

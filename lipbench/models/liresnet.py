@@ -30,7 +30,7 @@ from lipbench.errors import UserError
 from lipbench.layers.liresnet import CholeskyLinear, LiResConv2d
 from lipbench.registry import LayerMethod, register_model
 
-SIZES = {"XS": (4, 32, 256, 2), "S": (6, 64, 512, 4), "M": (8, 128, 1024, 8), "L": (12, 256, 2048, 8)}
+SIZES = {"XS": (4, 32, 256, 2), "S": (6, 64, 512, 4), "M": (8, 128, 1024, 4), "L": (12, 256, 1024, 8)}
 PAPER_SIZES = ("L12W512", "L12W588")
 SIZE_PATTERN = re.compile(r"L(\d+)W(\d+)")
 PAPER_NECK, PAPER_DENSE = 2048, 8
