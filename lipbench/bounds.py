@@ -10,6 +10,9 @@
   the circular convolution on an (H+k-1) x (W+k-1) grid (embed the input in zeros, crop the
   output), and restrictions do not increase norms, so the FFT norm on that grid bounds it.
   A stride subsamples the output, which does not increase the norm either.
+* :func:`strided_circular_conv_norm` is exact for a circular convolution at stride s on inputs that
+  s divides: it is a stride-1 circular convolution of the input's s x s polyphase components
+  (PixelUnshuffle, a permutation), whose kernel :func:`polyphase_kernel` regroups the taps.
 Everything runs in float64 so that round-off cannot undercut a certificate.
 """
 from __future__ import annotations
@@ -67,6 +70,33 @@ def conv_norm(weight: Tensor, input_size: tuple[int, int], padding_mode: str = "
         return circular_conv_norm(weight, height, width)
     kh, kw = weight.shape[-2:]
     return circular_conv_norm(weight, height + kh - 1, width + kw - 1)
+
+
+def polyphase_kernel(weight: Tensor, stride: int, padding: int) -> Tensor:
+    """The (out, in * s^2, q, q) kernel of the stride-1 convolution that the stride-s convolution with
+    ``weight`` (out, in, k, k) and ``padding`` is on the s x s polyphase components of its input.
+
+    Tap j reads input pixel s o + j - padding, i.e. component r = (j - padding) mod s at offset
+    floor((j - padding) / s) from o. The taps are shifted by (-padding) mod s so that the position t
+    in the zero-filled kernel has r = t mod s; a common offset changes no norm.
+    """
+    out_channels, in_channels, kernel_height, kernel_width = weight.shape
+    shift = -padding % stride
+    height = -(-(kernel_height + shift) // stride) * stride
+    width = -(-(kernel_width + shift) // stride) * stride
+    padded = weight.new_zeros(out_channels, in_channels, height, width)
+    padded[..., shift:shift + kernel_height, shift:shift + kernel_width] = weight
+    grouped = padded.reshape(out_channels, in_channels, height // stride, stride, width // stride, stride)
+    return grouped.permute(0, 1, 3, 5, 2, 4).reshape(out_channels, in_channels * stride ** 2,
+                                                      height // stride, width // stride)
+
+
+def strided_circular_conv_norm(weight: Tensor, stride: int, padding: int, height: int, width: int) -> float:
+    """Exact norm of a circular convolution at ``stride`` on H x W inputs that the stride divides; for
+    other sizes the stride-1 norm (an upper bound: a stride subsamples the output)."""
+    if stride == 1 or height % stride or width % stride:
+        return circular_conv_norm(weight, height, width)
+    return circular_conv_norm(polyphase_kernel(weight, stride, padding), height // stride, width // stride)
 
 
 def power_iteration_norm(linear_map: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor], Tensor],

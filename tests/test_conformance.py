@@ -23,7 +23,8 @@ from lipbench.certify import certificate, certify_and_measure
 from lipbench.datasets.synthetic import make_synthetic
 from lipbench.settings import TrainSettings
 from lipbench.train import train
-from small_models import smallest_model
+from lipbench.errors import UserError
+from small_models import skip_without_extra, smallest_model
 from lipbench.contracts import CertifiableModel, layer_bound
 
 CONV_CASES = [  # (channels, image size, kernel size, stride)
@@ -58,6 +59,8 @@ def build(name, kind, arguments):
     except ValueError as error:  # an unsupported option must fail here, clearly
         assert str(error), "construction errors must say what is unsupported"
         pytest.skip(f"{name} does not support {kind} {arguments}: {error}")
+    except UserError as error:  # an optional dependency that is not installed
+        skip_without_extra(error)
     return layer.double()
 
 

@@ -13,7 +13,9 @@ normalized head, parts 1 and 2 are about the features, whose pair norms the head
      - ``fft circular``: otherwise the response to one impulse per input channel is the kernel of a
        circular convolution, whose norm is exact by the 2-D FFT (``bounds.circular_conv_norm``);
      - ``fft zero-padded``: or the kernel of a zero-padded 'same' convolution, bounded by embedding it
-       in a larger circular one (``bounds.conv_norm``).
+       in a larger circular one (``bounds.conv_norm``);
+     - ``stride s polyphase``: an output s times smaller (s dividing the input) is probed through
+       PixelShuffle, a permutation: a stride-1 convolution of the polyphase components, as above.
      A kernel model C is accepted only after random probes x_j (8 Gaussians) show the layer A agrees
      with it: ||A - C|| <= 30 max_j ||(A - C) x_j|| fails only if |v^T x_j| < 1/30 for all j (v the top
      singular vector of A - C), which has probability 0.027^8 < 1e-12; that slack is added to ||C||.

@@ -86,8 +86,17 @@ def linear_bound(linear_part: Callable[[Tensor], Tensor], shape: tuple[int, ...]
 
 def convolution_bound(linear_part: Callable[[Tensor], Tensor], shape: tuple[int, ...],
                       probes: Tensor) -> LayerBound | None:
-    """The layer as a stride-1 circular or zero-padded convolution, if the probes agree (module doc)."""
+    """The layer as a circular or zero-padded convolution, if the probes agree (module doc). At a stride s
+    that divides the input, the layer composed with PixelShuffle (a permutation) is probed instead: a
+    stride-1 convolution of the input's polyphase components with the same norm."""
     channels, height, width = shape
+    out_height, out_width = linear_part(probes[:1]).shape[-2:]
+    stride = height // max(out_height, 1)
+    if stride > 1 and (height, width) == (out_height * stride, out_width * stride):
+        polyphase = convolution_bound(lambda z: linear_part(F.pixel_shuffle(z, stride)),
+                                      (channels * stride ** 2, out_height, out_width),
+                                      F.pixel_unshuffle(probes, stride))
+        return polyphase and LayerBound(polyphase.bound, f"stride {stride} polyphase, {polyphase.how}", True)
     centre = (height // 2, width // 2)
     impulses = probes.new_zeros(channels, *shape)
     impulses[torch.arange(channels), torch.arange(channels), centre[0], centre[1]] = 1
