@@ -8,24 +8,27 @@ reflector across the range of V: P is the orthogonal projector onto it, so W = W
 unitary, with eigenvalue -1 on range(V) and +1 on its complement. The convolution takes V(f), the
 c x r transfer matrix of a learned k x k kernel, at every frequency f of the 2-D DFT; V(-f) =
 conj V(f), so W(-f) = conj W(f) and the layer is a real circular convolution, orthogonal, with a
-kernel as large as the input. No iteration, no series: one Cholesky factorization per frequency,
-V^H V + eps I = L L^H, Q = V L^-H, W = I - 2 Q Q^H (Hermitian by construction). The dense layer
-(and the 1x1 convolution, whose V(f) is the same at every frequency) is the reflector of one V.
+kernel as large as the input. No iteration, no series: (V^H V)^-1 is never formed; W = I - 2 Q Q^H
+with Q the orthonormal factor of V's Householder QR (Q Q^H = P), one QR per frequency. The dense
+layer (and the 1x1 convolution, whose V(f) is the same at every frequency) is the reflector of one V.
 Channel change (as the paper): c = max(in, out), W sliced to its first out rows and in columns
 (an isometry for out > in, a co-isometry for out < in). Stride 2: the input is first rearranged
 by PixelUnshuffle(2) (a permutation: 4 x in channels at half the resolution), as the reference.
 Rank: r = round(rank_ratio * c), 0 < r < c (rank_ratio = 0.5, the paper's BRONet setting;
 r = c would give W = -I).
 
-Approximation: none in exact arithmetic. The ridge eps = 1e-6 x mean(diag V^H V) keeps the
-factorization defined when V(f) is rank-deficient at some frequency (the reference adds one
-too). Its effect on the bound: with V = U S R^H, W = I - 2 U diag(s^2 / (s^2 + eps)) U^H has
-eigenvalues (eps - s^2) / (eps + s^2), all in (-1, 1]: the ridge never makes the layer
-expansive (sigma_max <= 1 still holds exactly), a zero singular value of V gives +1 (still
-orthogonal), and only directions with s^2 within a few decades of eps lose norm. Round-off of
-the factorization (float32, ~condition number x 1e-7) is the remaining error; the layer reports
-the extreme singular values of the matrices it actually applies (``singular_value_range``), so
-the certificate uses its exact Lipschitz constant, never an assumed 1.
+Approximation: none. Round-off: Householder QR gives a Q orthonormal to machine precision whatever
+the conditioning of V, so W is unitary to ~1e-6 (float32) even for a rank-deficient or
+near-singular V(f) (a rank-deficient V gives the reflector across an r-dimensional space
+containing its range: still orthogonal). The reference instead solves with V^H V + eps I, eps =
+1e-5 x mean(diag V^H V) (1e-7 in its BRONet backbone): with V = U S R^H its W has eigenvalues
+(eps - s^2) / (eps + s^2), in (-1, 1], so that ridge never makes the layer expansive but loses
+norm where s^2 is within a few decades of eps (eps = 1e-6 x mean: sigma_min 0.87 at cond(V^H V) =
+2e5), and without it float32 Cholesky solves turn expansive (sigma_max 1 + 4e-3 there) or NaN
+(rank-deficient V). The one cost of QR: its gradient is undefined at an exactly rank-deficient V(f) (measure zero) and, as
+the reflector's own derivative, large near one. The layer reports the extreme singular values of
+the matrices it actually applies (``singular_value_range``), so the certificate uses its exact
+Lipschitz constant, never an assumed 1.
 Init (the reference's identity init, plus a small Gaussian, as BRONet's quasi-residual
 parameterization starts): V = [I_r; 0] at the centre tap + N(0, 1/(c k^2)^2) on every tap,
 zero bias. Padding: circular (the reference zero-pads and crops, which keeps the bound <= 1 but
@@ -44,16 +47,12 @@ from lipbench.layerkit import SingularValuesMixin, apply_dense, full_precision, 
 from lipbench.registry import register_layer
 
 RANK_RATIO = 0.5
-RIDGE = 1e-6
 
 
 def block_reflector(v: Tensor, rows: int, cols: int) -> Tensor:
-    """The first ``rows`` x ``cols`` block of I - 2 V (V^H V + eps I)^-1 V^H for a batch (..., c, r) of V."""
-    gram = v.mH @ v
-    eye = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device)
-    ridge = RIDGE * gram.diagonal(dim1=-2, dim2=-1).real.mean(-1, keepdim=True)[..., None]
-    factor = torch.linalg.cholesky_ex(gram + ridge * eye).L
-    basis = torch.linalg.solve_triangular(factor, v.mH, upper=False).mH  # V L^-H: orthonormal columns
+    """The first ``rows`` x ``cols`` block of I - 2 V (V^H V)^-1 V^H = I - 2 Q Q^H for a batch (..., c, r) of V,
+    Q the orthonormal factor of V's (Householder) QR decomposition."""
+    basis = torch.linalg.qr(v).Q
     identity = torch.eye(v.shape[-2], dtype=v.dtype, device=v.device)[:rows, :cols]
     return identity - 2 * basis[..., :rows, :] @ basis[..., :cols, :].mH
 
@@ -126,7 +125,7 @@ class BROLinear(SingularValuesMixin, nn.Module):
 
 
 @register_layer("bro", family="orthogonal", padding="circular", exact=True, orthogonal=True, strides=(1, 2),
-                approximation={"rank_ratio": RANK_RATIO, "ridge": RIDGE}, certificate=orthogonality_certificate,
+                certificate=orthogonality_certificate,
                 description="Low-rank block reflector per frequency, no iteration (Lai et al. 2025)")
 def build_bro(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
               rank_ratio: float = RANK_RATIO) -> nn.Module:
