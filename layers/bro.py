@@ -14,8 +14,8 @@ layer (and the 1x1 convolution, whose V(f) is the same at every frequency) is th
 Channel change (as the paper): c = max(in, out), W sliced to its first out rows and in columns
 (an isometry for out > in, a co-isometry for out < in). Stride 2: the input is first rearranged
 by PixelUnshuffle(2) (a permutation: 4 x in channels at half the resolution), as the reference.
-Rank: r = round(rank_ratio * c), 0 < r < c (rank_ratio = 0.5, the paper's BRONet setting;
-r = c would give W = -I).
+Rank: square layers r = round(rank_ratio * c), 0 < r < c (rank_ratio = 0.5, the paper's BRONet
+setting; r = c would give W = -I); rectangular ones r = min(in, out), as the reference.
 
 Approximation: none. Round-off: Householder QR gives a Q orthonormal to machine precision whatever
 the conditioning of V, so W is unitary to ~1e-6 (float32) even for a rank-deficient or
@@ -57,8 +57,9 @@ def block_reflector(v: Tensor, rows: int, cols: int) -> Tensor:
     return identity - 2 * basis[..., :rows, :] @ basis[..., :cols, :].mH
 
 
-def reflector_rank(channels: int, rank_ratio: float) -> int:
-    rank = round(rank_ratio * channels)
+def reflector_rank(in_channels: int, out_channels: int, rank_ratio: float) -> int:
+    channels = max(in_channels, out_channels)
+    rank = round(rank_ratio * channels) if in_channels == out_channels else min(in_channels, out_channels)
     if not 0 < rank < channels:
         raise ValueError(f"bro needs 0 < rank < channels: rank_ratio {rank_ratio} of {channels} channels "
                          f"gives rank {rank}")
@@ -81,7 +82,8 @@ class BROConv2d(SingularValuesMixin, nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels * stride ** 2, out_channels, stride
         channels = max(self.in_channels, out_channels)
-        self.weight = nn.Parameter(torch.empty(channels, reflector_rank(channels, rank_ratio), kernel_size, kernel_size))
+        rank = reflector_rank(self.in_channels, out_channels, rank_ratio)
+        self.weight = nn.Parameter(torch.empty(channels, rank, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         reflector_init(self.weight)
 
@@ -106,7 +108,8 @@ class BROLinear(SingularValuesMixin, nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.stride = in_features * stride ** 2, out_features, stride
         features = max(self.in_features, out_features)
-        self.weight = nn.Parameter(torch.empty(features, reflector_rank(features, rank_ratio), 1, 1))
+        rank = reflector_rank(self.in_features, out_features, rank_ratio)
+        self.weight = nn.Parameter(torch.empty(features, rank, 1, 1))
         self.bias = nn.Parameter(torch.zeros(out_features))
         reflector_init(self.weight)
 
@@ -125,7 +128,7 @@ class BROLinear(SingularValuesMixin, nn.Module):
 
 
 @register_layer("bro", family="orthogonal", padding="circular", exact=True, orthogonal=True, strides=(1, 2),
-                certificate=orthogonality_certificate,
+                model="bronet", certificate=orthogonality_certificate,
                 description="Low-rank block reflector per frequency, no iteration (Lai et al. 2025)")
 def build_bro(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
               rank_ratio: float = RANK_RATIO) -> nn.Module:
