@@ -23,6 +23,10 @@ normalized head, parts 1 and 2 are about the features, whose pair norms the head
      ``bias`` and ``output_weight(size)`` and checked on random inputs): with W_out = diag(s) W + D,
      s >= 0, every difference quotient is I - W^T diag(s) E W - D^T E W with E diagonal in [0, 1],
      so the layer is max(1, ||diag(sqrt s) W||^2 - 1) + ||D|| ||W||-Lipschitz (``residual``);
+   * nonlinear sandwich ``sqrt2 A^H Psi ReLU(sqrt2 Psi^-1 B x + b)`` (recognised by its
+     ``sandwich_factors(shape)``, dense or per frequency, checked on random inputs): Psi > 0 diagonal
+     commutes with ReLU's difference quotients E (diagonal in [0, 1]), so each is 2 A^H E B, and
+     2 Re <E^1/2 A u, E^1/2 B v> <= ||[A B]||^2 for unit u, v: the layer is ||[A B]||^2-Lipschitz;
    * otherwise the layer's own ``lipschitz_bound(input_shape)``, reported as not re-derived
      (``own``), or no bound at all (infinite: an unknown layer is never assumed 1-Lipschitz).
    A model that does not list its layers gets its own ``lipschitz_bound()``, flagged as not re-derived.

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from lipbench.bounds import circular_conv_norm, conv_norm, dense_norm, operator_matrix
 from lipbench.contracts import input_shapes, layer_bound
+from lipbench.fourier import fourier_conv
+from lipbench.layerkit import apply_dense
 from lipbench.registry import LayerMethod
 
 DENSE_LIMIT = 1024  # inputs up to this many numbers get the exact impulse-response SVD
@@ -58,7 +60,7 @@ def sound_layer_bound(layer: nn.Module, input_shape: Sequence[int], dense_limit:
                 found = linear_bound(linear_part, shape, dense_limit, gaussian)
                 reason = f"linear on {math.prod(shape)} inputs (> dense_limit), not a convolution"
             else:
-                found = residual_bound(probe, shape, gaussian(2))
+                found = residual_bound(probe, shape, gaussian(2)) or sandwich_bound(probe, shape, gaussian(2))
                 reason = "nonlinear, no structure the audit knows"
     except Exception as error:  # a layer that cannot run in float64 is not audited, and says so
         found, reason = None, f"not evaluable in float64 ({type(error).__name__}: {error})"
@@ -178,6 +180,25 @@ def residual_bound(layer: nn.Module, shape: tuple[int, ...], points: Tensor) -> 
     gram_norm = norm(scales.sqrt().view(view) * weight) ** 2
     bound = max(1.0, gram_norm - 1.0) + norm(remainder) * norm(weight)
     return LayerBound(bound, "residual: max(1, |S^1/2 W|^2 - 1) + |W_out - SW| |W|", True)
+
+
+def sandwich_bound(layer: nn.Module, shape: tuple[int, ...], points: Tensor) -> LayerBound | None:
+    """The bound of a sandwich ``sqrt2 A^H Psi ReLU(sqrt2 Psi^-1 B x + b)`` layer (module doc), or None."""
+    factors = getattr(layer, "sandwich_factors", None)
+    if not callable(factors):
+        return None
+    a, b, scale, bias = factors(shape)
+    if bool((scale <= 0).any()) or a.shape[-2] != b.shape[-2] or b.shape[-1] != shape[0]:
+        return None
+    down, up = math.sqrt(2) * b / scale[:, None], math.sqrt(2) * a.mH * scale
+    if a.dim() == 2:
+        expected = apply_dense(F.relu(apply_dense(points, down, bias)), up, None)
+    else:
+        expected = fourier_conv(F.relu(fourier_conv(points, down, bias)), up)
+    if (layer(points) - expected).norm() > LINEARITY_TOLERANCE * points.norm():
+        return None
+    bound = float(torch.linalg.svdvals(torch.cat((a, b), dim=-1)).max()) ** 2
+    return LayerBound(bound, "sandwich: ||[A B]||^2", True)
 
 
 def own_bound(layer: nn.Module, shape: tuple[int, ...], reason: str) -> LayerBound:
