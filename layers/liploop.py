@@ -214,7 +214,8 @@ def liploop_certificate(model: nn.Module) -> dict:
     bound = min(product, verified.bound) if verified else product
     return {"lipschitz_bound": bound, "lipschitz_bound_claimed": layers[0].settings.target,
             "lipschitz_bound_product_of_norms": product, **fields,
-            "admm_residual": None if state is None else float(state.residual), **asdict(layers[0].settings)}
+            "admm_residual": None if state is None else float(state.residual),
+            **{f"admm_{key}": value for key, value in asdict(layers[0].settings).items()}}
 
 
 @register_layer("liploop", family="lmi", padding="zero", exact=True, bound=float("inf"), kinds=("linear",),
