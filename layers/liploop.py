@@ -14,18 +14,29 @@ At a fixed point with M = P the constraint holds at the target L. The certificat
 it is the verified LipSDP bound of the trained weights (free multipliers, float64, :func:`lipbench.lipsdp.verify`),
 or the product of exact layer norms when that is smaller; ``target`` is recorded as the method's claim.
 
-Choices the paper leaves open (the letter's text on Lip-Loop is two paragraphs; these are lipbench's):
+Choices the paper leaves open. Only the letter's abstract could be consulted here (its Lip-Loop section
+was not retrievable), so the splitting above is lipbench's reading of "loop transformation, convex
+admissibility condition, ADMM between weight steps and an SDP": the loop-transformed constraint is the
+LipSDP LMI itself (the sector change leaves its feasible set unchanged, see lipbench.lipsdp), and its
+bilinearity in (W, lambda) is split by ADMM so that each step is convex. The rest:
 * the SDP step is solved by ``inner_steps`` rounds of block coordinate descent, exactly per block: P is the
   projection of M + Y on the PSD cone (one eigendecomposition, float64), lambda the non-negative
   least-squares fit, which decouples per neuron (each lambda_i touches its own diagonal entry and the row
   of its incoming weights) into lambda_i = max(0, <B_i, P - Y - M_0> / |B_i|^2). The step is a convex
-  problem, so the rounds converge to its minimiser; they run on the weights' device and read nothing back.
+  problem; warm-started from the last lambda, a few rounds approach its minimiser (ADMM tolerates inexact
+  steps). They run on the weights' device and read nothing back; a generic solver (cvxpy) on an
+  (n_0 + N)-square PSD variable would need the host and far longer.
 * the full input dimension is kept in M (784 + hidden units for Fashion-MNIST), so each training step's
   penalty costs one (n_0 + N)^2 matrix; multipliers start at 1 (feasible for orthogonal weights at L = 1),
   P at the projection of M, Y at 0; defaults rho = 10, target = 1, interval = 20, inner_steps = 3.
-* the SDP step runs inside the optimizer's step, so it counts against the budget as training time; the
-  budget's step-time calibration sees it amortised once the first ``interval`` steps have passed.
+* the SDP step runs inside the optimizer's step (the ``optimizer`` hook, like LipNeXt's retraction), so it
+  counts against the budget as training time; the loop re-plans every few percent of the run from
+  synchronized windows of whole steps, so the plan absorbs the SDP steps' share.
 * biases are free (they do not enter the Lipschitz constant).
+
+Approximation and its error: none in the certificate (verified in float64). Training meets the target only
+as far as ADMM has converged: the relative residual |M - P|_F / |M|_F of the last SDP step is recorded
+(``admm_residual``), and a verified bound above ``target`` is reported by the audit as a finding.
 """
 from __future__ import annotations
 
