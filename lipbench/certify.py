@@ -25,16 +25,23 @@ from torch import Tensor, nn
 from lipbench.contracts import PairwiseCertifiable
 from lipbench.data import Dataset
 from lipbench.device import PeakMemory, strict_fp32, synchronize
+from lipbench.lipsdp import audit_fields
 from lipbench.radii import EPSILONS
 from lipbench.registry import LayerMethod
 
 
 def method_certificate(model: nn.Module, method: LayerMethod) -> dict[str, Any]:
-    """The method's certificate hook if it has one, else the model's own product of layer bounds."""
+    """The method's certificate hook if it has one, else the model's own product of layer bounds; for a ReLU
+    MLP the verified LipSDP bound replaces either when it is smaller (the one it replaced is kept)."""
     if method.certificate is not None:
         result = dict(method.certificate(model))
     else:
         result = {"lipschitz_bound": float(model.lipschitz_bound())}
+    if "lipsdp_bound" not in result and "lipsdp_skipped" not in result:
+        result.update(audit_fields(model))
+        if result.get("lipsdp_bound", math.inf) < result["lipschitz_bound"]:
+            result["lipschitz_bound_before_lipsdp"] = result["lipschitz_bound"]
+            result["lipschitz_bound"] = result["lipsdp_bound"]
     if not math.isfinite(result["lipschitz_bound"]) or result["lipschitz_bound"] <= 0:
         raise ValueError(f"{method.name}: certificate gave a Lipschitz bound of {result['lipschitz_bound']}")
     return result

@@ -6,7 +6,8 @@ perturbation of norm eps. The audit checks that claim four ways and never trusts
 normalized head, parts 1 and 2 are about the features, whose pair norms the head gives exactly in float64):
 
 1. Sound upper bound, layer by layer (the ConvNet lists its method layers; everything else in it is
-   1-Lipschitz by construction). Each layer is rebuilt in float64 and probed as a black box:
+   1-Lipschitz by construction; for a ReLU MLP, the verified LipSDP bound of :mod:`lipbench.lipsdp`
+   replaces the product where it is smaller). Each layer is rebuilt in float64 and probed as a black box:
    * linear (f(x) - f(0) additive and homogeneous on random inputs, to 1e-9):
      - ``impulse``: the operator matrix by impulse response and its exact largest singular value, when
        the input is small (<= ``dense_limit`` numbers) or 1-D (a dense layer);
@@ -65,6 +66,7 @@ from lipbench.contracts import PairwiseCertifiable
 from lipbench.data import Dataset
 from lipbench.device import strict_fp32
 from lipbench.jobfolder import finite_or_none
+from lipbench.lipsdp import audit_fields
 from lipbench.radii import EPSILONS
 from lipbench.registry import LayerMethod
 
@@ -124,6 +126,8 @@ def run_audit(model: nn.Module, method: LayerMethod, data: Dataset, mean: Tensor
     certified_with = float(record["lipschitz_bound_features"] if pairwise else record["lipschitz_bound"])
     layers = model_layer_bounds(bounded, method, options.dense_limit)
     sound = math.prod(row["bound"] for row in layers)
+    lipsdp = audit_fields(model)  # ReLU MLPs: the verified LipSDP bound, used where it beats the product
+    sound = min(sound, lipsdp.get("lipsdp_bound", math.inf))
     timings["sound_bound"], clock = time.perf_counter() - clock, time.perf_counter()
 
     count = len(data.x_test) if logits_all is not None else min(options.eval_points, len(data.x_test))
@@ -158,7 +162,8 @@ def run_audit(model: nn.Module, method: LayerMethod, data: Dataset, mean: Tensor
         "violation_points": violation_points, "attacked": attacked, "attack_steps": options.steps,
         "eval_points": count, "cra_recorded": recorded, "cra_sound": cra_sound, "cra_sound_source": cra_source,
         "cra_difference": {key: None if recorded[key] is None else cra_sound[key] - recorded[key] for key in EPSILONS},
-        "layers": layers, "timings": timings, "audited_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "layers": layers, "lipsdp": lipsdp, "timings": timings,
+        "audited_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -157,6 +157,9 @@ def print_audit(audit: dict[str, Any]) -> None:
     summary.add_row("certificate's bound", bound_text(audit["certificate_bound"]))
     summary.add_row("sound bound" + ("" if audit["sound_bound_proved"] else " (partly trusted)"),
                     bound_text(audit["sound_bound"]))
+    if audit.get("lipsdp"):
+        summary.add_row("LipSDP bound (verified)", bound_text(audit["lipsdp"].get("lipsdp_bound"))
+                        if "lipsdp_bound" in audit["lipsdp"] else audit["lipsdp"]["lipsdp_skipped"])
     summary.add_row("empirical lower bound", bound_text(audit["lower_bound"]))
     summary.add_row("violations / attacked", f"{audit['violations']} / {sum(audit['attacked'].values())}")
     for radius in RADII:
