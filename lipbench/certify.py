@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from lipbench.data import Dataset
+from lipbench.data import AnyDataset
 from lipbench.device import PeakMemory, strict_fp32, synchronize
 from lipbench.radii import EPSILONS
 from lipbench.registry import LayerMethod
@@ -53,37 +53,44 @@ def certified_accuracy(margin: Tensor, lipschitz_bound: float) -> dict[str, floa
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: int,
-             device: torch.device) -> tuple[Tensor, dict[str, float]]:
-    """Margins on (x, y) in eval mode, and inference timing: the first batch builds the eval caches,
-    the steady state is timed on the full batches after it."""
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                     device: torch.device) -> tuple[Tensor, dict[str, float]]:
+    """Margins on centred (x, y) batches in eval mode, and inference timing: the first batch builds the
+    eval caches, the steady state is timed on the full batches after it."""
     model.eval()
-    all_margins, times = [], []
-    for start in range(0, len(x), batch_size):
+    all_margins, times, sizes = [], [], []
+    for x, y in batches:
         synchronize(device)
         began = time.perf_counter()
-        logits = model(x[start:start + batch_size] - mean).float()
+        logits = model(x).float()
         synchronize(device)
         times.append(time.perf_counter() - began)
-        all_margins.append(margins(logits, y[start:start + batch_size]))
-    full_batches = len(x) // batch_size
-    steady = times[1:full_batches] or times[:1]
-    per_image = sorted(steady)[len(steady) // 2] / min(batch_size, len(x))
+        sizes.append(len(x))
+        all_margins.append(margins(logits, y))
+    steady = [t for t, n in zip(times[1:], sizes[1:]) if n == sizes[0]] or times[:1]
+    per_image = sorted(steady)[len(steady) // 2] / sizes[0]
     timing = {
         "infer_throughput": 1.0 / per_image if per_image > 0 else float("nan"),
-        "cache_seconds": max(0.0, times[0] - per_image * min(batch_size, len(x))),
+        "cache_seconds": max(0.0, times[0] - per_image * sizes[0]),
     }
     return torch.cat(all_margins), timing
 
 
-def certify_and_measure(model: nn.Module, method: LayerMethod, data: Dataset, batch_size: int,
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: int,
+             device: torch.device) -> tuple[Tensor, dict[str, float]]:
+    """:func:`evaluate_batches` on (x, y) in tensors, centred by ``mean``."""
+    slices = ((x[start:start + batch_size] - mean, y[start:start + batch_size]) for start in range(0, len(x), batch_size))
+    return evaluate_batches(model, slices, device)
+
+
+def certify_and_measure(model: nn.Module, method: LayerMethod, data: AnyDataset, batch_size: int,
                         device: torch.device) -> tuple[dict[str, Any], Tensor]:
     """Inference timing and memory, the certificate, clean accuracy and CRA of a trained model; and the
     test margins (the audit reuses them). Gradients are freed first, so the inference peak holds none."""
     model.zero_grad(set_to_none=True)
     with strict_fp32():
         with PeakMemory(device) as memory:
-            margin, measured = evaluate(model, data.x_test, data.y_test, data.mean, batch_size, device)
+            margin, measured = evaluate_batches(model, data.test_batches(batch_size), device)
         measured["infer_peak_memory_mb"] = memory.peak_mb
         measured.update(certificate(model, method))
     measured.update(certified_accuracy(margin.cpu(), measured["lipschitz_bound"]))

@@ -36,7 +36,7 @@ import torch
 
 from lipbench.audit import audit_model
 from lipbench.certify import certify_and_measure
-from lipbench.data import Dataset, copy_to, holdout_split, load_dataset
+from lipbench.data import AnyDataset, Dataset, StreamingDataset, copy_to, holdout_split, load_dataset
 from lipbench.device import MIB, PeakMemory, resolve_device
 from lipbench.distributed import World, launch, requested_processes
 from lipbench.environment import fingerprint
@@ -60,7 +60,7 @@ class EventLog:
         self.stream.write(json.dumps({"time": time.time(), **event}) + "\n")
 
 
-def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Module]:
+def build(config: JobConfig, device: torch.device) -> tuple[AnyDataset, torch.nn.Module]:
     """The job's data, on ``device``, and its freshly initialized model."""
     data = load_dataset(config.dataset, config.data_dir)
     if config.holdout:
@@ -71,8 +71,10 @@ def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Mo
     return data, model
 
 
-def dataset_bytes(data: Dataset) -> int:
-    """What the dataset itself holds on the device (reported apart from the training peak)."""
+def dataset_bytes(data: AnyDataset) -> int:
+    """What the dataset itself holds on the device (reported apart from the training peak); a streamed one, none."""
+    if isinstance(data, StreamingDataset):
+        return 0
     return sum(t.element_size() * t.nelement() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
 
 

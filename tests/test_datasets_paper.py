@@ -13,10 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from lipbench import data
+from lipbench import data, streaming
 from lipbench.datasets import tiny_imagenet
 from lipbench.download import Archive
 from lipbench.errors import UserError
+from lipbench import job
+from lipbench.job import run_job
+from lipbench.registry import get_method
+from lipbench.settings import JobConfig, TrainSettings
+from lipbench.train import train
 
 WNIDS = ["n03444034", "n01443537", "n02085620"]  # written unsorted: the labels follow the sorted order
 COLOURS = {0: (250, 10, 10), 1: (10, 250, 10), 2: (10, 10, 250)}  # per sorted class, survives JPEG
@@ -141,3 +146,133 @@ def test_tiny_imagenet_download_with_wrong_checksum_keeps_nothing(tmp_path, http
 def test_tiny_imagenet_missing_without_download_says_what_to_do(tmp_path):
     with pytest.raises(UserError, match="tiny-imagenet-200.zip"):
         data.load_dataset("tiny-imagenet", str(tmp_path), download=False)
+
+
+IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
+
+
+def imagenet_tree(root: Path, per_class: int = 6, val_per_class: int = 2) -> Path:
+    """ImageNet's ImageFolder layout; images of several sizes, the class k coloured by channel k."""
+    for label, wnid in enumerate(IMAGENET_WNIDS):
+        for i in range(per_class):
+            jpeg(root / "train" / wnid / f"{wnid}_{i}.JPEG", COLOURS[label], (40 + 7 * i, 36 + 5 * (i % 3)))
+        for i in range(val_per_class):
+            jpeg(root / "val" / wnid / f"ILSVRC2012_val_{label}{i}.JPEG", COLOURS[label], (50, 40))
+    return root
+
+
+def test_imagenet_streams_crops_of_the_chosen_size_with_labels_by_wnid(tmp_path):
+    imagenet_tree(tmp_path)
+    loaded = data.load_dataset("imagenet:size=24", str(tmp_path))
+    assert isinstance(loaded, data.StreamingDataset) and not hasattr(loaded, "x_train")
+    assert loaded.in_shape == (3, 24, 24) and loaded.n_classes == 3 and loaded.sizes == (18, 6)
+    loaded.workers = 0
+    batches = loaded.train_batches(batch_size=5, seed=0)
+    assert batches.per_epoch == 3
+    for _ in range(4):
+        x, y = batches.next()
+        assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32
+        assert dominant_channel(x + loaded.mean) == y.tolist()
+        assert float((x + loaded.mean).min()) >= 0 and float((x + loaded.mean).max()) <= 1
+    tests = list(loaded.test_batches(4))
+    assert [len(y) for _, y in tests] == [4, 2]
+    assert torch.cat([y for _, y in tests]).tolist() == [0, 0, 1, 1, 2, 2] == loaded.y_test.tolist()
+
+
+def test_imagenet_class_subset_and_bad_options(tmp_path):
+    imagenet_tree(tmp_path)
+    subset = data.load_dataset("imagenet:classes=2:size=16", str(tmp_path))
+    assert subset.n_classes == 2 and subset.sizes == (12, 4) and subset.in_shape == (3, 16, 16)
+    with pytest.raises(UserError, match="fewer than the 400"):
+        data.load_dataset("imagenet-400", str(tmp_path))
+    with pytest.raises(UserError, match="has no option 'depth'"):
+        data.load_dataset("imagenet:depth=3", str(tmp_path))
+    with pytest.raises(UserError, match="positive integer"):
+        data.load_dataset("imagenet:size=big", str(tmp_path))
+    with pytest.raises(UserError, match="has no option 'size'"):
+        data.load_dataset("synthetic:size=3")
+    (tmp_path / "val" / IMAGENET_WNIDS[0] / "ILSVRC2012_val_00.JPEG").write_bytes(b"broken")
+    broken = data.load_dataset("imagenet:size=16", str(tmp_path))
+    broken.workers = 0
+    with pytest.raises(UserError, match="ILSVRC2012_val_00.JPEG is not an image"):
+        list(broken.test_batches(4))
+
+
+def test_streaming_resume_draws_the_batches_of_an_uninterrupted_run_whatever_the_workers(tmp_path):
+    imagenet_tree(tmp_path)
+    loaded = data.load_dataset("imagenet:size=16", str(tmp_path))
+    loaded.workers = 0
+    uninterrupted = loaded.train_batches(batch_size=4, seed=7)  # 4 batches an epoch
+    expected = [uninterrupted.next() for _ in range(10)]
+    first = loaded.train_batches(batch_size=4, seed=7)
+    for _ in range(3):
+        first.next()
+    state = first.state_dict()
+    loaded.workers = 2
+    resumed = loaded.train_batches(batch_size=4, seed=7)
+    resumed.load_state_dict(state)
+    for (x, y), (x_resumed, y_resumed) in zip(expected[3:], (resumed.next() for _ in range(7))):  # across epochs
+        assert torch.equal(x, x_resumed) and torch.equal(y, y_resumed)
+    assert not torch.equal(expected[0][0], expected[4][0])  # a new epoch, a new order and new crops
+
+
+class LinearProbe(torch.nn.Module):
+    """A linear classifier: a model that trains in milliseconds, with its exact Lipschitz bound."""
+
+    def __init__(self, in_shape, n_classes):
+        super().__init__()
+        self.in_shape, self.linear = tuple(in_shape), torch.nn.Linear(int(np.prod(in_shape)), n_classes)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+    def lipschitz_bound(self):
+        return float(torch.linalg.matrix_norm(self.linear.weight.detach(), 2))
+
+
+def linear_probe(layer, size, in_shape, n_classes, *args, **options):
+    torch.manual_seed(0)
+    return LinearProbe(in_shape, n_classes)
+
+
+def test_training_on_a_stream_resumes_its_data_order_from_the_checkpoint(tmp_path, monkeypatch):
+    imagenet_tree(tmp_path / "tree")
+    loaded = data.load_dataset("imagenet:size=16", str(tmp_path / "tree"))
+    loaded.workers = 0
+    seen = []
+    original = streaming.StreamingBatches.next
+
+    def recording_next(self):
+        x, y = original(self)
+        seen.append((x.clone(), y.clone()))
+        return x, y
+
+    monkeypatch.setattr(streaming.StreamingBatches, "next", recording_next)
+    method = get_method("aol")
+
+    def run(max_steps, checkpoint):
+        model = linear_probe("aol", "XS", loaded.in_shape, loaded.n_classes)
+        settings = TrainSettings(budget_s=60, batch_size=4, max_steps=max_steps)
+        return train(model, method, loaded, settings, torch.device("cpu"), seed=1, checkpoint=checkpoint,
+                     checkpoint_every=0.0)
+
+    run(7, None)
+    uninterrupted, seen[:] = list(seen), []
+    run(3, tmp_path / "checkpoint.pt")
+    resumed = run(7, tmp_path / "checkpoint.pt")
+    assert resumed.resumed_at_step == 3 and resumed.steps == 7
+    assert len(seen) == 7
+    for (x, y), (x_again, y_again) in zip(uninterrupted, seen):
+        assert torch.equal(x, x_again) and torch.equal(y, y_again)
+
+
+def test_a_streamed_job_trains_certifies_and_records(tmp_path, monkeypatch):
+    imagenet_tree(tmp_path / "tree")
+    monkeypatch.setattr(job, "create_model", linear_probe)
+    config = JobConfig(layer="aol", size="XS", dataset="imagenet:size=16", budget="30s", budget_s=30.0,
+                       batch_size=4, max_steps=4, data_dir=str(tmp_path / "tree"), save_model=False)
+    (tmp_path / "job").mkdir()
+    record = run_job(config, tmp_path / "job")
+    assert record["status"] == "ok", record.get("error")
+    assert record["n_test"] == 6 and record["n_classes"] == 3 and record["dataset_memory_mb"] == 0
+    assert record["steps"] == 4 and 0 <= record["cra_36"] <= record["clean_acc"] <= 1

@@ -69,7 +69,7 @@ def check_datasets(datasets: list[str], data_dir: Optional[str], download: bool 
         except DatasetMissing as missing:
             console.print(f"[dim]{name}: {missing}; the run will download it[/]")
             continue
-        console.print(f"[dim]{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
+        console.print(f"[dim]{data.name}: {data.sizes[0]} train / {data.sizes[1]} test images "
                       f"of shape {tuple(data.in_shape)}, {data.n_classes} classes[/]")
 
 
