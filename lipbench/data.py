@@ -16,10 +16,12 @@ the registry. Files from others never run code: archives are read as data (a res
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 import torch
@@ -38,6 +40,22 @@ class DatasetMissing(UserError):
 
 
 @dataclass
+class ExtraData:
+    """Extra (e.g. generated) training images mixed into every batch: ``ratio`` of each batch comes from here."""
+
+    x: Tensor
+    y: Tensor
+    file: str
+    sha256: str
+    ratio: float
+
+    def fields(self) -> dict[str, Any]:
+        """What a record says about it."""
+        return {"extra_file": self.file, "extra_size": len(self.x), "extra_sha256": self.sha256,
+                "extra_ratio": self.ratio}
+
+
+@dataclass
 class Dataset:
     name: str
     x_train: Tensor
@@ -45,6 +63,7 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     n_classes: int
+    extra: ExtraData | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -88,6 +107,7 @@ class StreamingDataset:
     mean: Tensor
     workers: int = field(default_factory=default_workers)
     prefetch: int = 4
+    extra: ExtraData | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -281,7 +301,31 @@ def holdout_split(dataset: AnyDataset, fraction: float, seed: int = 0) -> Datase
 
 
 def copy_to(dataset: AnyDataset, device: torch.device) -> AnyDataset:
+    extra = dataset.extra and replace(dataset.extra, x=dataset.extra.x.to(device), y=dataset.extra.y.to(device))
     if isinstance(dataset, StreamingDataset):
-        return replace(dataset, mean=dataset.mean.to(device))
+        return replace(dataset, mean=dataset.mean.to(device), extra=extra)
     return replace(dataset, x_train=dataset.x_train.to(device), y_train=dataset.y_train.to(device),
-                   x_test=dataset.x_test.to(device), y_test=dataset.y_test.to(device))
+                   x_test=dataset.x_test.to(device), y_test=dataset.y_test.to(device), extra=extra)
+
+
+def with_extra_data(dataset: AnyDataset, path: str, ratio: float) -> AnyDataset:
+    """``dataset`` with the extra training images of the ``.npz`` at ``path`` (arrays ``x`` and ``y``, images in
+    the dataset's shape), to make up ``ratio`` of every training batch."""
+    file = Path(path).expanduser()
+    if not 0 < ratio < 1:
+        raise UserError(f"--extra-ratio must be in (0, 1): the share of each batch taken from {file.name}, got {ratio:g}")
+    try:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        with np.load(file, allow_pickle=False) as arrays:
+            if not {"x", "y"} <= set(arrays.files):
+                raise UserError(f"{file} must hold arrays x (images) and y (labels); it has {arrays.files}")
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"cannot read the extra data {file} as .npz of plain arrays: {error}") from None
+    images = as_images(x, "x", file.name, channels_first=tuple(x.shape[1:]) == tuple(dataset.in_shape))
+    if tuple(images.shape[1:]) != tuple(dataset.in_shape):
+        raise UserError(f"{file}: its images are {tuple(images.shape[1:])}, the dataset's {tuple(dataset.in_shape)}")
+    labels = as_labels(y, images, "y", file.name)
+    if int(labels.max()) >= dataset.n_classes:
+        raise UserError(f"{file}: labels reach {int(labels.max())} but {dataset.name} has {dataset.n_classes} classes")
+    return replace(dataset, extra=ExtraData(images, labels, file.name, digest, ratio))

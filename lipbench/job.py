@@ -36,7 +36,7 @@ import torch
 
 from lipbench.audit import audit_model
 from lipbench.certify import certify_and_measure
-from lipbench.data import AnyDataset, Dataset, StreamingDataset, copy_to, holdout_split, load_dataset
+from lipbench.data import AnyDataset, Dataset, StreamingDataset, copy_to, holdout_split, load_dataset, with_extra_data
 from lipbench.device import MIB, PeakMemory, resolve_device
 from lipbench.distributed import World, launch, requested_processes
 from lipbench.environment import fingerprint
@@ -65,6 +65,8 @@ def build(config: JobConfig, device: torch.device) -> tuple[AnyDataset, torch.nn
     data = load_dataset(config.dataset, config.data_dir)
     if config.holdout:
         data = holdout_split(data, config.holdout, config.seed)
+    if config.extra_data:
+        data = with_extra_data(data, config.extra_data, config.extra_ratio)
     data = copy_to(data, device)
     model = create_model(config.layer, config.size, data.in_shape, data.n_classes, config.model or None,
                          **config.layer_options).to(device)
@@ -72,10 +74,12 @@ def build(config: JobConfig, device: torch.device) -> tuple[AnyDataset, torch.nn
 
 
 def dataset_bytes(data: AnyDataset) -> int:
-    """What the dataset itself holds on the device (reported apart from the training peak); a streamed one, none."""
-    if isinstance(data, StreamingDataset):
-        return 0
-    return sum(t.element_size() * t.nelement() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+    """What the dataset itself holds on the device (reported apart from the training peak); a streamed one holds
+    only its extra data."""
+    held = [data.extra.x, data.extra.y] if data.extra else []
+    if not isinstance(data, StreamingDataset):
+        held += [data.x_train, data.y_train, data.x_test, data.y_test]
+    return sum(t.element_size() * t.nelement() for t in held)
 
 
 def job_record(config: JobConfig, method: LayerMethod, world: World, device: torch.device) -> dict[str, Any]:
@@ -101,7 +105,8 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
     record = job_record(config, method, world, device)
     try:
         data, model = build(config, device)
-        record.update(dataset_memory_mb=dataset_bytes(data) / MIB, n_test=len(data.y_test))
+        record.update(dataset_memory_mb=dataset_bytes(data) / MIB, n_test=len(data.y_test),
+                      **(data.extra.fields() if data.extra else {}))
         with PeakMemory(device) as memory:
             report = train(model, method, data, config, device, config.seed, log,
                            checkpoint=job_dir / CHECKPOINT_NAME, world=world)

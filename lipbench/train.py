@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipbench.batches import BatchSource, InMemoryBatches
-from lipbench.data import AnyDataset, StreamingDataset
+from lipbench.batches import BatchSource, training_batches
+from lipbench.data import AnyDataset
 from lipbench.device import synchronize, tf32_enabled
 from lipbench.distributed import World
 from lipbench.jobfolder import load_tensors, save_tensors
@@ -221,8 +221,7 @@ def train(model: nn.Module, method: LayerMethod, data: AnyDataset, settings: Tra
           world: World | None = None) -> TrainReport:
     """Train ``model`` in place until its plan is done or the budget is spent; returns what happened."""
     world = world or World()
-    batches = data.train_batches(settings.batch_size, seed) if isinstance(data, StreamingDataset) \
-        else InMemoryBatches(data, settings.batch_size, settings.augment, seed)
+    batches = training_batches(data, settings.batch_size, settings.augment, seed)
     report = TrainReport(steps_per_epoch=batches.per_epoch)
     optimizer = make_optimizer(model, method, settings, batches.per_epoch, max(1, batches.per_epoch))
     used = load_checkpoint(checkpoint, model, optimizer, batches, report) \

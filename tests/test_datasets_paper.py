@@ -4,6 +4,7 @@ resume, and extra generated data mixed into the batches."""
 import hashlib
 import http.server
 import io
+import json
 import threading
 import zipfile
 from pathlib import Path
@@ -13,13 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from lipbench import data, streaming
+from lipbench import batches, data, streaming
 from lipbench.datasets import tiny_imagenet
 from lipbench.download import Archive
 from lipbench.errors import UserError
 from lipbench import job
 from lipbench.job import run_job
 from lipbench.registry import get_method
+from lipbench.report.board import leaderboard, shown_metrics
+from lipbench.report.cells import board_tables
+from lipbench.report.runs import load_results
 from lipbench.settings import JobConfig, TrainSettings
 from lipbench.train import train
 
@@ -276,3 +280,70 @@ def test_a_streamed_job_trains_certifies_and_records(tmp_path, monkeypatch):
     assert record["status"] == "ok", record.get("error")
     assert record["n_test"] == 6 and record["n_classes"] == 3 and record["dataset_memory_mb"] == 0
     assert record["steps"] == 4 and 0 <= record["cra_36"] <= record["clean_acc"] <= 1
+
+
+def labelled_dataset(tmp_path: Path) -> Path:
+    """An .npz dataset of 8 x 8 grey images whose real images all have label 0 (so extra ones, label 1, show)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "real.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y_train=np.zeros(40, dtype=np.int64),
+             x_test=rng.integers(0, 256, (10, 8, 8), dtype=np.uint8), y_test=np.arange(10) % 2)
+    np.savez(tmp_path / "generated.npz", x=rng.integers(0, 256, (30, 8, 8), dtype=np.uint8),
+             y=np.ones(30, dtype=np.int64))
+    return path
+
+
+@pytest.mark.parametrize("batch_size, ratio, n_extra", [(8, 0.75, 6), (10, 0.5, 5), (7, 0.25, 2)])
+def test_extra_data_makes_up_its_ratio_of_every_batch_and_of_each_half(tmp_path, batch_size, ratio, n_extra):
+    real = data.load_dataset(str(labelled_dataset(tmp_path)))
+    mixed = data.with_extra_data(real, str(tmp_path / "generated.npz"), ratio)
+    assert mixed.extra.fields()["extra_size"] == 30 and mixed.extra.ratio == ratio
+    source = batches.training_batches(mixed, batch_size, augment=True, seed=0)
+    assert source.per_epoch == 40 // (batch_size - n_extra)  # an epoch is a pass over the real images
+    for _ in range(12):
+        x, y = source.next()
+        assert x.shape == (batch_size, 1, 8, 8) and int(y.sum()) == n_extra
+        assert abs(int(y[:batch_size // 2].sum()) - n_extra / 2) <= 1  # a DDP rank's half keeps the ratio
+    state = source.state_dict()
+    expected = [source.next() for _ in range(3)]
+    resumed = batches.training_batches(mixed, batch_size, augment=True, seed=0)
+    resumed.load_state_dict(state)
+    for (x, y), (x_again, y_again) in zip(expected, (resumed.next() for _ in range(3))):
+        assert torch.equal(x, x_again) and torch.equal(y, y_again)
+
+
+def test_extra_data_is_checked(tmp_path):
+    real = data.load_dataset(str(labelled_dataset(tmp_path)))
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((3, 9, 9), dtype=np.uint8), y=np.zeros(3, dtype=np.int64))
+    with pytest.raises(UserError, match=r"its images are \(1, 9, 9\), the dataset's \(1, 8, 8\)"):
+        data.with_extra_data(real, str(tmp_path / "wrong.npz"), 0.5)
+    with pytest.raises(UserError, match="in \\(0, 1\\)"):
+        data.with_extra_data(real, str(tmp_path / "generated.npz"), 1.0)
+    np.savez(tmp_path / "labels.npz", x=np.zeros((3, 8, 8), dtype=np.uint8), y=np.full(3, 5))
+    with pytest.raises(UserError, match="labels reach 5 but"):
+        data.with_extra_data(real, str(tmp_path / "labels.npz"), 0.5)
+
+
+def test_extra_data_is_recorded_and_reported_apart(tmp_path, monkeypatch):
+    path = labelled_dataset(tmp_path)
+    monkeypatch.setattr(job, "create_model", linear_probe)
+    digest = hashlib.sha256((tmp_path / "generated.npz").read_bytes()).hexdigest()
+    common = dict(layer="aol", size="XS", dataset=str(path), budget="30s", budget_s=30.0, batch_size=8, max_steps=3,
+                  save_model=False)
+    plain = JobConfig(**common)
+    mixed = JobConfig(**common, extra_data=str(tmp_path / "generated.npz"), extra_ratio=0.75)
+    assert plain.job_id != mixed.job_id
+    for config in (plain, mixed):
+        (tmp_path / "out" / config.job_id).mkdir(parents=True)
+        record = run_job(config, tmp_path / "out" / config.job_id)
+        assert record["status"] == "ok", record.get("error")
+    assert "extra_file" not in json.loads((tmp_path / "out" / plain.job_id / "record.json").read_text())
+    extra = json.loads((tmp_path / "out" / mixed.job_id / "record.json").read_text())
+    assert (extra["extra_file"], extra["extra_size"], extra["extra_sha256"], extra["extra_ratio"]) == \
+        ("generated.npz", 30, digest, 0.75)
+    board = leaderboard(load_results([tmp_path / "out"])[0])
+    assert board["rank"].tolist() == [1.0, 1.0]  # never ranked against each other
+    tables = board_tables(board, shown_metrics(board))
+    assert [table.dataset for table in tables] == [str(path), f"{path} + extra data generated.npz {digest[:8]} at 75%"]
+    column = tables[0].headers.index("extra data")
+    assert [table.rows[0][column].text for table in tables] == ["-", f"generated.npz {digest[:8]} at 75%"]
