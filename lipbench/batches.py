@@ -13,6 +13,7 @@ keeps the ratio. An epoch is one pass over the real training set.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import torch
@@ -20,7 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lipbench.data import AnyDataset, StreamingDataset
+from lipbench.device import synchronize
 from lipbench.errors import UserError
+
+THROUGHPUT_SEED = 12345  # the throughput's own source, apart from the training order
+SYNC_BATCHES = 10  # the device queues this many batches at most before the clock reads it
 
 
 class BatchSource(Protocol):
@@ -121,3 +126,20 @@ def training_batches(data: AnyDataset, batch_size: int, augment: bool, seed: int
         return real
     extra = InMemoryBatches(data, n_extra, augment, seed + 1, images=(data.extra.x, data.extra.y))
     return MixedBatches(real, extra, data.mean.device)
+
+
+def input_throughput(data: AnyDataset, batch_size: int, augment: bool, seconds: float) -> float:
+    """Images per second of the input pipeline alone (drawing, decoding, augmenting, copying; no model), on a
+    source of its own, timed for about ``seconds`` after its first batch (worker start-up, allocation)."""
+    source = training_batches(data, batch_size, augment, seed=THROUGHPUT_SEED)
+    device = data.mean.device
+    source.next()
+    synchronize(device)
+    began, images = time.perf_counter(), 0
+    while images < 3 * source.batch_size or time.perf_counter() - began < seconds:
+        source.next()
+        images += source.batch_size
+        if images % (SYNC_BATCHES * source.batch_size) == 0:
+            synchronize(device)
+    synchronize(device)
+    return images / (time.perf_counter() - began)

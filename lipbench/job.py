@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from lipbench.audit import audit_model
+from lipbench.batches import input_throughput
 from lipbench.certify import certify_and_measure
 from lipbench.data import AnyDataset, Dataset, StreamingDataset, copy_to, holdout_split, load_dataset, with_extra_data
 from lipbench.device import MIB, PeakMemory, resolve_device
@@ -49,6 +50,9 @@ from lipbench.contracts import count_parameters
 from lipbench.registry import LayerMethod, create_model, get_method, load_plugin
 from lipbench.settings import JobConfig
 from lipbench.train import TrainingDiverged, save_weights, train
+
+INPUT_SECONDS, STREAMED_INPUT_SECONDS = 0.5, 3.0  # timing the input pipeline alone, before the budget starts
+
 
 class EventLog:
     """Append-only JSON lines, flushed at once, so a killed job still leaves its history."""
@@ -107,6 +111,8 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
         data, model = build(config, device)
         record.update(dataset_memory_mb=dataset_bytes(data) / MIB, n_test=len(data.y_test),
                       **(data.extra.fields() if data.extra else {}))
+        seconds = STREAMED_INPUT_SECONDS if isinstance(data, StreamingDataset) else INPUT_SECONDS
+        record["input_throughput"] = input_throughput(data, config.batch_size, config.augment, seconds)
         with PeakMemory(device) as memory:
             report = train(model, method, data, config, device, config.seed, log,
                            checkpoint=job_dir / CHECKPOINT_NAME, world=world)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -162,18 +161,6 @@ def evaluation_batches(files: ImageFiles, batch_size: int, mean: Tensor, workers
                for start in range(0, len(files), batch_size)]
     for x, y in loader(files, batches, workers, prefetch, mean.device):
         yield to_device(x, y, mean, mean.device)
-
-
-def pipeline_throughput(files: ImageFiles, batch_size: int, workers: int, prefetch: int, seconds: float,
-                        seed: int = 0) -> float:
-    """Images per second of the input pipeline alone (decoding, augmentation, collation; no model),
-    timed after the first batch (worker start-up) for about ``seconds``."""
-    batches = StreamingBatches(files, batch_size, seed, torch.zeros(1, 3, 1, 1), workers, prefetch)
-    batches.next()
-    began, images = time.perf_counter(), 0
-    while time.perf_counter() - began < seconds:
-        images += len(batches.next()[0])
-    return images / (time.perf_counter() - began)
 
 
 def image_files(folder: Path, classes: list[str], size: int) -> ImageFiles:

@@ -273,6 +273,7 @@ def test_training_on_a_stream_resumes_its_data_order_from_the_checkpoint(tmp_pat
 def test_a_streamed_job_trains_certifies_and_records(tmp_path, monkeypatch):
     imagenet_tree(tmp_path / "tree")
     monkeypatch.setattr(job, "create_model", linear_probe)
+    monkeypatch.setattr(job, "STREAMED_INPUT_SECONDS", 0.2)
     config = JobConfig(layer="aol", size="XS", dataset="imagenet:size=16", budget="30s", budget_s=30.0,
                        batch_size=4, max_steps=4, data_dir=str(tmp_path / "tree"), save_model=False)
     (tmp_path / "job").mkdir()
@@ -280,6 +281,7 @@ def test_a_streamed_job_trains_certifies_and_records(tmp_path, monkeypatch):
     assert record["status"] == "ok", record.get("error")
     assert record["n_test"] == 6 and record["n_classes"] == 3 and record["dataset_memory_mb"] == 0
     assert record["steps"] == 4 and 0 <= record["cra_36"] <= record["clean_acc"] <= 1
+    assert record["input_throughput"] > 0 and record["train_throughput"] > 0
 
 
 def labelled_dataset(tmp_path: Path) -> Path:
