@@ -11,7 +11,12 @@ Sources register with :func:`register_dataset`, the same decorator a plugin uses
 or, when the user gives a path, by the first source whose ``claims_path(path)`` is true (an
 ``.npz`` file, an image folder). The ``--dataset`` help text and "unknown dataset" errors come from
 the registry. Files from others never run code: archives are read as data (a restricted unpickler,
-``np.load(allow_pickle=False)``, tar members filtered), and every array is checked before use.
+``np.load(allow_pickle=False)``, tar and zip members filtered), and every array is checked before use.
+
+A dataset too large for memory (ImageNet) is a :class:`StreamingDataset`: its image files, decoded batch by
+batch in worker processes (:mod:`lipbench.streaming`); both kinds give their image shape, class count and
+mean, and their test set as batches. A source may take options, ``--dataset NAME:key=value:...`` (declared
+at registration). Extra training images (``--extra-data``, :class:`ExtraData`) travel with either kind.
 """
 from __future__ import annotations
 
