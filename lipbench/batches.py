@@ -5,16 +5,27 @@ order of each epoch, the crop offsets and flips of augmentation) are drawn by a 
 device, so drawing a batch never waits for the device or copies to it; the generator's state is
 checkpointed with the position in the epoch, so a resumed run draws the batches an uninterrupted one
 would. The last partial batch of an epoch is dropped.
+
+With extra data (:class:`lipbench.data.ExtraData`, ratio r), every batch of B images holds exactly
+round(r * B) extra images and the rest real ones (LiResNet++'s 1 real : 3 generated is r = 0.75), each
+part drawn by its own shuffled source and interleaved evenly, so any slice of the batch (a DDP rank's)
+keeps the ratio. An epoch is one pass over the real training set.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lipbench.data import Dataset
+from lipbench.data import AnyDataset, StreamingDataset
+from lipbench.device import synchronize
+from lipbench.errors import UserError
+
+THROUGHPUT_SEED = 12345  # the throughput's own source, apart from the training order
+SYNC_BATCHES = 10  # the device queues this many batches at most before the clock reads it
 
 
 class BatchSource(Protocol):
@@ -49,8 +60,10 @@ def augment_batch(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor
 class InMemoryBatches:
     """Shuffled, centred (and optionally augmented) mini-batches of a dataset already on its device."""
 
-    def __init__(self, data: Dataset, batch_size: int, augment: bool, seed: int):
-        self.x, self.y, self.mean, self.augment = data.x_train, data.y_train, data.mean, augment
+    def __init__(self, data: AnyDataset, batch_size: int, augment: bool, seed: int,
+                 images: tuple[Tensor, Tensor] | None = None):
+        """Batches of ``data``'s training set, or of ``images`` (x, y) in its place, centred by ``data.mean``."""
+        (self.x, self.y), self.mean, self.augment = images or (data.x_train, data.y_train), data.mean, augment
         self.batch_size = min(batch_size, len(self.x))
         self.per_epoch = len(self.x) // self.batch_size
         self.generator = torch.Generator(device=self.x.device).manual_seed(seed)
@@ -74,3 +87,59 @@ class InMemoryBatches:
         if self.augment:
             x = augment_batch(x, self.generator)
         return x, self.y[index]
+
+
+def interleaving(n_first: int, n_second: int, device: torch.device) -> Tensor:
+    """The order that spreads the second group's rows evenly among the first group's, after ``cat``."""
+    keys = torch.cat([(torch.arange(n_first) + 0.5) / n_first, (torch.arange(n_second) + 0.5) / n_second])
+    return torch.argsort(keys, stable=True).to(device)
+
+
+class MixedBatches:
+    """Batches of real and extra images in a fixed proportion (each part from its own :class:`BatchSource`)."""
+
+    def __init__(self, real: BatchSource, extra: BatchSource, device: torch.device):
+        self.real, self.extra = real, extra
+        self.batch_size, self.per_epoch = real.batch_size + extra.batch_size, real.per_epoch
+        self.order = interleaving(real.batch_size, extra.batch_size, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"real": self.real.state_dict(), "extra": self.extra.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.real.load_state_dict(state["real"])
+        self.extra.load_state_dict(state["extra"])
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        (x, y), (x_extra, y_extra) = self.real.next(), self.extra.next()
+        return torch.cat([x, x_extra])[self.order], torch.cat([y, y_extra])[self.order]
+
+
+def training_batches(data: AnyDataset, batch_size: int, augment: bool, seed: int) -> BatchSource:
+    """The training loop's batches: in memory or streamed, with the extra data mixed in when there is some."""
+    n_extra = round(data.extra.ratio * batch_size) if data.extra is not None else 0
+    if n_extra >= batch_size:
+        raise UserError(f"an extra-data ratio of {data.extra.ratio:g} leaves no real image in a batch of {batch_size}")
+    real = data.train_batches(batch_size - n_extra, seed) if isinstance(data, StreamingDataset) \
+        else InMemoryBatches(data, batch_size - n_extra, augment, seed)
+    if not n_extra:
+        return real
+    extra = InMemoryBatches(data, n_extra, augment, seed + 1, images=(data.extra.x, data.extra.y))
+    return MixedBatches(real, extra, data.mean.device)
+
+
+def input_throughput(data: AnyDataset, batch_size: int, augment: bool, seconds: float) -> float:
+    """Images per second of the input pipeline alone (drawing, decoding, augmenting, copying; no model), on a
+    source of its own, timed for about ``seconds`` after its first batch (worker start-up, allocation)."""
+    source = training_batches(data, batch_size, augment, seed=THROUGHPUT_SEED)
+    device = data.mean.device
+    source.next()
+    synchronize(device)
+    began, images = time.perf_counter(), 0
+    while images < 3 * source.batch_size or time.perf_counter() - began < seconds:
+        source.next()
+        images += source.batch_size
+        if images % (SYNC_BATCHES * source.batch_size) == 0:
+            synchronize(device)
+    synchronize(device)
+    return images / (time.perf_counter() - began)

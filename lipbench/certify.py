@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from lipbench.contracts import PairwiseCertifiable
-from lipbench.data import Dataset
+from lipbench.data import AnyDataset
 from lipbench.device import PeakMemory, strict_fp32, synchronize
 from lipbench.lipsdp import audit_fields
 from lipbench.radii import EPSILONS
@@ -106,39 +106,48 @@ def certified_accuracy(radius: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: int,
-             device: torch.device) -> tuple[Tensor, dict[str, float]]:
-    """Logits on x in eval mode, and inference timing: the first batch builds the eval caches, the
-    steady state is timed on the full batches after it."""
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                     device: torch.device) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Logits and labels of centred (x, y) batches in eval mode, and inference timing: the first batch
+    builds the eval caches, the steady state is timed on the full batches after it."""
     model.eval()
-    all_logits, times = [], []
-    for start in range(0, len(x), batch_size):
+    all_logits, all_labels, times, sizes = [], [], [], []
+    for x, y in batches:
         synchronize(device)
         began = time.perf_counter()
-        logits = model(x[start:start + batch_size] - mean).float()
+        logits = model(x).float()
         synchronize(device)
         times.append(time.perf_counter() - began)
+        sizes.append(len(x))
         all_logits.append(logits)
-    full_batches = len(x) // batch_size
-    steady = times[1:full_batches] or times[:1]
-    per_image = sorted(steady)[len(steady) // 2] / min(batch_size, len(x))
+        all_labels.append(y)
+    steady = [t for t, n in zip(times[1:], sizes[1:]) if n == sizes[0]] or times[:1]
+    per_image = sorted(steady)[len(steady) // 2] / sizes[0]
     timing = {
         "infer_throughput": 1.0 / per_image if per_image > 0 else float("nan"),
-        "cache_seconds": max(0.0, times[0] - per_image * min(batch_size, len(x))),
+        "cache_seconds": max(0.0, times[0] - per_image * sizes[0]),
     }
-    return torch.cat(all_logits), timing
+    return torch.cat(all_logits), torch.cat(all_labels), timing
 
 
-def certify_and_measure(model: nn.Module, method: LayerMethod, data: Dataset, batch_size: int,
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean: Tensor, batch_size: int,
+             device: torch.device) -> tuple[Tensor, dict[str, float]]:
+    """Logits on (x, y) in tensors, centred by ``mean``, and the timing of :func:`evaluate_batches`."""
+    slices = ((x[start:start + batch_size] - mean, y[start:start + batch_size]) for start in range(0, len(x), batch_size))
+    logits, _, timing = evaluate_batches(model, slices, device)
+    return logits, timing
+
+
+def certify_and_measure(model: nn.Module, method: LayerMethod, data: AnyDataset, batch_size: int,
                         device: torch.device) -> tuple[dict[str, Any], Tensor]:
     """Inference timing and memory, the certificate, clean accuracy and CRA of a trained model; and the
     test logits (the audit reuses them). Gradients are freed first, so the inference peak holds none."""
     model.zero_grad(set_to_none=True)
     with strict_fp32():
         with PeakMemory(device) as memory:
-            logits, measured = evaluate(model, data.x_test, data.y_test, data.mean, batch_size, device)
+            logits, labels, measured = evaluate_batches(model, data.test_batches(batch_size), device)
         measured["infer_peak_memory_mb"] = memory.peak_mb
         fields, certifier = certificate(model, method)
         measured.update(fields)
-    measured.update(certified_accuracy(certifier.radii(logits, data.y_test)))
+    measured.update(certified_accuracy(certifier.radii(logits, labels)))
     return measured, logits

@@ -11,15 +11,22 @@ Sources register with :func:`register_dataset`, the same decorator a plugin uses
 or, when the user gives a path, by the first source whose ``claims_path(path)`` is true (an
 ``.npz`` file, an image folder). The ``--dataset`` help text and "unknown dataset" errors come from
 the registry. Files from others never run code: archives are read as data (a restricted unpickler,
-``np.load(allow_pickle=False)``, tar members filtered), and every array is checked before use.
+``np.load(allow_pickle=False)``, tar and zip members filtered), and every array is checked before use.
+
+A dataset too large for memory (ImageNet) is a :class:`StreamingDataset`: its image files, decoded batch by
+batch in worker processes (:mod:`lipbench.streaming`); both kinds give their image shape, class count and
+mean, and their test set as batches. A source may take options, ``--dataset NAME:key=value:...`` (declared
+at registration). Extra training images (``--extra-data``, :class:`ExtraData`) travel with either kind.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
-from dataclasses import dataclass, replace
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 import torch
@@ -27,12 +34,30 @@ from torch import Tensor
 
 from lipbench.errors import UserError
 from lipbench.registry import new_registry
+from lipbench.streaming import ImageFiles, StreamingBatches, evaluation_batches
 
 DATA_VARIABLE = "LIPBENCH_DATA"
+WORKERS_VARIABLE = "LIPBENCH_DATA_WORKERS"
 
 
 class DatasetMissing(UserError):
     """The dataset's files are not here, and downloading was not allowed."""
+
+
+@dataclass
+class ExtraData:
+    """Extra (e.g. generated) training images mixed into every batch: ``ratio`` of each batch comes from here."""
+
+    x: Tensor
+    y: Tensor
+    file: str
+    sha256: str
+    ratio: float
+
+    def fields(self) -> dict[str, Any]:
+        """What a record says about it."""
+        return {"extra_file": self.file, "extra_size": len(self.x), "extra_sha256": self.sha256,
+                "extra_ratio": self.ratio}
 
 
 @dataclass
@@ -43,15 +68,69 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     n_classes: int
+    extra: ExtraData | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """(training images, test images)."""
+        return len(self.x_train), len(self.x_test)
+
     @functools.cached_property
     def mean(self) -> Tensor:
         """The per-channel mean of the training images (1 x C x 1 x 1): the inputs are centred by it."""
         return self.x_train.mean(dim=(0, 2, 3), keepdim=True)
+
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The test set in order, centred, in batches (on the data's device)."""
+        for start in range(0, len(self.x_test), batch_size):
+            yield self.x_test[start:start + batch_size] - self.mean, self.y_test[start:start + batch_size]
+
+
+def default_workers() -> int:
+    """Decoding processes of a streamed dataset: ``$LIPBENCH_DATA_WORKERS``, else all cores but one (at most 8)."""
+    if os.environ.get(WORKERS_VARIABLE):
+        return int(os.environ[WORKERS_VARIABLE])
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class StreamingDataset:
+    """A dataset read from its image files batch by batch (:mod:`lipbench.streaming`), never all in memory.
+
+    ``mean`` (1 x C x 1 x 1, in [0, 1]) is the dataset's published channel mean, not a pass over the files.
+    """
+
+    name: str
+    train_files: ImageFiles
+    test_files: ImageFiles
+    n_classes: int
+    mean: Tensor
+    workers: int = field(default_factory=default_workers)
+    prefetch: int = 4
+    extra: ExtraData | None = None
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return (3, self.train_files.size, self.train_files.size)
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return len(self.train_files), len(self.test_files)
+
+    @property
+    def y_test(self) -> Tensor:
+        return torch.tensor(self.test_files.labels, device=self.mean.device)
+
+    def train_batches(self, batch_size: int, seed: int) -> StreamingBatches:
+        return StreamingBatches(self.train_files, batch_size, seed, self.mean, self.workers, self.prefetch)
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return evaluation_batches(self.test_files, batch_size, self.mean, self.workers, self.prefetch)
 
 
 @dataclass(frozen=True)
@@ -61,6 +140,16 @@ class DatasetRequest:
     name: str
     data_dir: str | None = None
     download: bool = True
+    options: tuple[tuple[str, str], ...] = ()  # NAME:key=value:... (only for sources that declare the keys)
+
+    def option(self, key: str, default: int) -> int:
+        """The integer option ``key`` (``--dataset NAME:key=value``), else ``default``."""
+        value = dict(self.options).get(key)
+        if value is None:
+            return default
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"dataset option {key}={value!r} must be a positive integer")
+        return int(value)
 
     def folders(self, subfolder: str) -> list[Path]:
         """Folders to search, in order: ``--data-dir`` and ``$LIPBENCH_DATA``, each also with ``subfolder``."""
@@ -75,25 +164,30 @@ class DatasetRequest:
         return Path(self.data_dir or os.environ.get(DATA_VARIABLE) or "data").expanduser()
 
 
+AnyDataset = Union[Dataset, StreamingDataset]
+
+
 @dataclass(frozen=True)
 class DatasetSource:
     name: str
-    load: Callable[[DatasetRequest], Dataset]
+    load: Callable[[DatasetRequest], "AnyDataset"]
     description: str
     aliases: tuple[str, ...] = ()
     claims_path: Callable[[Path], bool] | None = None
+    options: tuple[str, ...] = ()
 
 
 DATASETS = new_registry("dataset", "run --help")
 
 
 def register_dataset(name: str, description: str, aliases: tuple[str, ...] = (),
-                     claims_path: Callable[[Path], bool] | None = None
-                     ) -> Callable[[Callable[[DatasetRequest], Dataset]], Callable[[DatasetRequest], Dataset]]:
-    """Register ``load(request) -> Dataset`` under ``name`` (and ``aliases``); returns ``load`` unchanged."""
+                     claims_path: Callable[[Path], bool] | None = None, options: tuple[str, ...] = ()
+                     ) -> Callable[[Callable[[DatasetRequest], AnyDataset]], Callable[[DatasetRequest], AnyDataset]]:
+    """Register ``load(request) -> Dataset`` under ``name`` (and ``aliases``); returns ``load`` unchanged.
+    ``options`` are the keys ``--dataset NAME:key=value:...`` may set (read by ``request.option``)."""
 
-    def decorator(load: Callable[[DatasetRequest], Dataset]) -> Callable[[DatasetRequest], Dataset]:
-        DATASETS.add(name, DatasetSource(name, load, description, aliases, claims_path))
+    def decorator(load: Callable[[DatasetRequest], AnyDataset]) -> Callable[[DatasetRequest], AnyDataset]:
+        DATASETS.add(name, DatasetSource(name, load, description, aliases, claims_path, options))
         return load
 
     return decorator
@@ -125,9 +219,27 @@ def find_source(name: str) -> DatasetSource:
     raise UserError(f"unknown dataset {name!r}: use one of {describe_datasets()}")
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
-    """Load ``name`` (a registered name or a path); a :class:`UserError` says how to get missing data."""
-    return find_source(name).load(DatasetRequest(name, data_dir, download))
+def split_options(name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``NAME:key=value:...`` as the name and its options (a name without ``:`` has none)."""
+    base, colon, text = name.partition(":")
+    if not colon or Path(name).expanduser().exists():
+        return name, ()
+    pairs = [item.partition("=") for item in text.split(":") if item]
+    if any(not sign or not key for key, sign, _ in pairs):
+        raise UserError(f"dataset {name!r}: write options as NAME:key=value:key=value")
+    return base, tuple((key.strip(), value.strip()) for key, _, value in pairs)
+
+
+def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> AnyDataset:
+    """Load ``name`` (a registered name or a path, with ``:key=value:...`` options where the source takes
+    them); a :class:`UserError` says how to get missing data."""
+    base, options = split_options(name)
+    source = find_source(base)
+    unknown = [key for key, _ in options if key not in source.options]
+    if unknown:
+        allowed = ", ".join(source.options) or "none"
+        raise UserError(f"dataset {source.name} has no option {unknown[0]!r} (its options: {allowed})")
+    return source.load(DatasetRequest(base, data_dir, download, options))
 
 
 # --- arrays to a dataset, checked ------------------------------------------------------------------
@@ -182,8 +294,10 @@ def as_labels(y: np.ndarray, x: Tensor, split: str, name: str) -> Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+def holdout_split(dataset: AnyDataset, fraction: float, seed: int = 0) -> Dataset:
     """Train on part of the training set and evaluate on the rest (``fraction`` of it); the test set is not used."""
+    if isinstance(dataset, StreamingDataset):
+        raise UserError(f"{dataset.name} is streamed from its files: a holdout split needs an in-memory dataset")
     order = torch.randperm(len(dataset.x_train), generator=torch.Generator().manual_seed(seed))
     n_held = max(1, int(fraction * len(order)))
     held, kept = order[:n_held], order[n_held:]
@@ -191,6 +305,32 @@ def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
                    dataset.x_train[held], dataset.y_train[held], dataset.n_classes)
 
 
-def copy_to(dataset: Dataset, device: torch.device) -> Dataset:
+def copy_to(dataset: AnyDataset, device: torch.device) -> AnyDataset:
+    extra = dataset.extra and replace(dataset.extra, x=dataset.extra.x.to(device), y=dataset.extra.y.to(device))
+    if isinstance(dataset, StreamingDataset):
+        return replace(dataset, mean=dataset.mean.to(device), extra=extra)
     return replace(dataset, x_train=dataset.x_train.to(device), y_train=dataset.y_train.to(device),
-                   x_test=dataset.x_test.to(device), y_test=dataset.y_test.to(device))
+                   x_test=dataset.x_test.to(device), y_test=dataset.y_test.to(device), extra=extra)
+
+
+def with_extra_data(dataset: AnyDataset, path: str, ratio: float) -> AnyDataset:
+    """``dataset`` with the extra training images of the ``.npz`` at ``path`` (arrays ``x`` and ``y``, images in
+    the dataset's shape), to make up ``ratio`` of every training batch."""
+    file = Path(path).expanduser()
+    if not 0 < ratio < 1:
+        raise UserError(f"--extra-ratio must be in (0, 1): the share of each batch taken from {file.name}, got {ratio:g}")
+    try:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        with np.load(file, allow_pickle=False) as arrays:
+            if not {"x", "y"} <= set(arrays.files):
+                raise UserError(f"{file} must hold arrays x (images) and y (labels); it has {arrays.files}")
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"cannot read the extra data {file} as .npz of plain arrays: {error}") from None
+    images = as_images(x, "x", file.name, channels_first=tuple(x.shape[1:]) == tuple(dataset.in_shape))
+    if tuple(images.shape[1:]) != tuple(dataset.in_shape):
+        raise UserError(f"{file}: its images are {tuple(images.shape[1:])}, the dataset's {tuple(dataset.in_shape)}")
+    labels = as_labels(y, images, "y", file.name)
+    if int(labels.max()) >= dataset.n_classes:
+        raise UserError(f"{file}: labels reach {int(labels.max())} but {dataset.name} has {dataset.n_classes} classes")
+    return replace(dataset, extra=ExtraData(images, labels, file.name, digest, ratio))

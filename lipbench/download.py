@@ -1,4 +1,4 @@
-"""Downloading a dataset archive with checksum verification, and unpacking it safely."""
+"""Downloading a dataset archive with checksum verification, and unpacking it (tar or zip) safely."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,5 +76,23 @@ def extract(path: Path, archive: Archive, target: Path) -> Path:
     except tarfile.FilterError as error:
         raise UserError(f"{path}: refused to unpack {error.tarinfo.name!r}, which would land outside {target}") from None
     except (tarfile.TarError, OSError, EOFError) as error:
+        raise UserError(f"cannot unpack {path}: {error}; the archive is corrupt, delete it and download it again") from None
+    return target / archive.folder
+
+
+def extract_zip(path: Path, archive: Archive, target: Path) -> Path:
+    """Unpack the regular files under ``archive.folder/`` of the zip at ``path`` into ``target``; a member
+    with an absolute path or ``..`` is refused with one line naming it."""
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            members = [m for m in bundle.infolist() if m.filename.startswith(archive.folder + "/") and not m.is_dir()]
+            if not members:
+                raise UserError(f"{path} does not contain {archive.folder}/: not the expected archive")
+            for member in members:
+                parts = Path(member.filename).parts
+                if Path(member.filename).is_absolute() or ".." in parts:
+                    raise UserError(f"{path}: refused to unpack {member.filename!r}, which would land outside {target}")
+            bundle.extractall(target, members=members)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise UserError(f"cannot unpack {path}: {error}; the archive is corrupt, delete it and download it again") from None
     return target / archive.folder

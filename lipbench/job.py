@@ -35,8 +35,9 @@ from typing import Any
 import torch
 
 from lipbench.audit import audit_model
+from lipbench.batches import input_throughput
 from lipbench.certify import certify_and_measure
-from lipbench.data import Dataset, copy_to, holdout_split, load_dataset
+from lipbench.data import AnyDataset, Dataset, StreamingDataset, copy_to, holdout_split, load_dataset, with_extra_data
 from lipbench.device import MIB, PeakMemory, resolve_device
 from lipbench.distributed import World, launch, requested_processes
 from lipbench.environment import fingerprint
@@ -50,6 +51,9 @@ from lipbench.registry import LayerMethod, create_model, get_method, load_plugin
 from lipbench.settings import JobConfig
 from lipbench.train import TrainingDiverged, save_weights, train
 
+INPUT_SECONDS, STREAMED_INPUT_SECONDS = 0.5, 3.0  # timing the input pipeline alone, before the budget starts
+
+
 class EventLog:
     """Append-only JSON lines, flushed at once, so a killed job still leaves its history."""
 
@@ -60,20 +64,26 @@ class EventLog:
         self.stream.write(json.dumps({"time": time.time(), **event}) + "\n")
 
 
-def build(config: JobConfig, device: torch.device) -> tuple[Dataset, torch.nn.Module]:
+def build(config: JobConfig, device: torch.device) -> tuple[AnyDataset, torch.nn.Module]:
     """The job's data, on ``device``, and its freshly initialized model."""
     data = load_dataset(config.dataset, config.data_dir)
     if config.holdout:
         data = holdout_split(data, config.holdout, config.seed)
+    if config.extra_data:
+        data = with_extra_data(data, config.extra_data, config.extra_ratio)
     data = copy_to(data, device)
     model = create_model(config.layer, config.size, data.in_shape, data.n_classes, config.model or None,
                          config.head, **config.layer_options).to(device)
     return data, model
 
 
-def dataset_bytes(data: Dataset) -> int:
-    """What the dataset itself holds on the device (reported apart from the training peak)."""
-    return sum(t.element_size() * t.nelement() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+def dataset_bytes(data: AnyDataset) -> int:
+    """What the dataset itself holds on the device (reported apart from the training peak); a streamed one holds
+    only its extra data."""
+    held = [data.extra.x, data.extra.y] if data.extra else []
+    if not isinstance(data, StreamingDataset):
+        held += [data.x_train, data.y_train, data.x_test, data.y_test]
+    return sum(t.element_size() * t.nelement() for t in held)
 
 
 def job_record(config: JobConfig, method: LayerMethod, world: World, device: torch.device) -> dict[str, Any]:
@@ -99,7 +109,10 @@ def run_job(config: JobConfig, job_dir: Path, world: World | None = None) -> dic
     record = job_record(config, method, world, device)
     try:
         data, model = build(config, device)
-        record.update(dataset_memory_mb=dataset_bytes(data) / MIB, n_test=len(data.y_test))
+        record.update(dataset_memory_mb=dataset_bytes(data) / MIB, n_test=len(data.y_test),
+                      **(data.extra.fields() if data.extra else {}))
+        seconds = STREAMED_INPUT_SECONDS if isinstance(data, StreamingDataset) else INPUT_SECONDS
+        record["input_throughput"] = input_throughput(data, config.batch_size, config.augment, seconds)
         with PeakMemory(device) as memory:
             report = train(model, method, data, config, device, config.seed, log,
                            checkpoint=job_dir / CHECKPOINT_NAME, world=world)

@@ -172,6 +172,8 @@ class JobConfig(TrainSettings):
     data_dir: str | None = None
     save_model: bool = True
     with_audit: bool = False  # audit the trained model's certificate (lipbench.audit) and record it
+    extra_data: str | None = None  # an .npz of extra (e.g. generated) training images x and labels y
+    extra_ratio: float = 0.0  # the share of every training batch taken from extra_data
 
     @property
     def job_id(self) -> str:

@@ -39,8 +39,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from lipbench.batches import BatchSource, InMemoryBatches
-from lipbench.data import Dataset
+from lipbench.batches import BatchSource, training_batches
+from lipbench.data import AnyDataset
 from lipbench.device import synchronize, tf32_enabled
 from lipbench.distributed import World
 from lipbench.jobfolder import load_tensors, save_tensors
@@ -228,13 +228,13 @@ def periodic_read(world: World, loss: Tensor, step: int) -> float:
     return value
 
 
-def train(model: nn.Module, method: LayerMethod, data: Dataset, settings: TrainSettings, device: torch.device,
+def train(model: nn.Module, method: LayerMethod, data: AnyDataset, settings: TrainSettings, device: torch.device,
           seed: int = 0, on_event: Callable[[dict[str, Any]], None] | None = None,
           checkpoint: Path | None = None, checkpoint_every: float = 600.0,
           world: World | None = None) -> TrainReport:
     """Train ``model`` in place until its plan is done or the budget is spent; returns what happened."""
     world = world or World()
-    batches = InMemoryBatches(data, settings.batch_size, settings.augment, seed)
+    batches = training_batches(data, settings.batch_size, settings.augment, seed)
     report = TrainReport(steps_per_epoch=batches.per_epoch)
     optimizer = make_optimizer(model, method, settings, batches.per_epoch, max(1, batches.per_epoch))
     used = load_checkpoint(checkpoint, model, optimizer, batches, report) \

@@ -156,5 +156,5 @@ def test_image_folder_dataset(tmp_path):
 
 
 def test_unknown_dataset_lists_the_choices():
-    with pytest.raises(UserError, match="cifar10, cifar100, fashion-mnist, synthetic; or a path"):
+    with pytest.raises(UserError, match="cifar10, cifar100, fashion-mnist, imagenet, imagenet-400, synthetic, tiny-imagenet; or a path"):
         data.load_dataset("imagenet-nope")

@@ -2,6 +2,7 @@
 the live progress of a sweep."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import yaml
@@ -69,8 +70,19 @@ def check_datasets(datasets: list[str], data_dir: Optional[str], download: bool 
         except DatasetMissing as missing:
             console.print(f"[dim]{name}: {missing}; the run will download it[/]")
             continue
-        console.print(f"[dim]{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
+        console.print(f"[dim]{data.name}: {data.sizes[0]} train / {data.sizes[1]} test images "
                       f"of shape {tuple(data.in_shape)}, {data.n_classes} classes[/]")
+
+
+def extra_data_settings(path: Optional[Path], ratio: float) -> dict[str, Any]:
+    """The job settings of ``--extra-data`` and ``--extra-ratio``, checked; the path absolute (jobs run elsewhere)."""
+    if path is None:
+        return {}
+    if not path.expanduser().is_file():
+        raise UserError(f"--extra-data {path} is not a file: give an .npz with arrays x and y")
+    if not 0 < ratio < 1:
+        raise UserError(f"--extra-ratio must be in (0, 1), the share of each batch from {path.name}; got {ratio:g}")
+    return {"extra_data": str(path.expanduser().resolve()), "extra_ratio": float(ratio)}
 
 
 def datasets_help() -> str:

@@ -12,8 +12,8 @@ from rich.table import Table
 from lipbench.audit.ondisk import audit_job
 from lipbench.budget import Budget, format_duration, load_budget, preset_names
 from lipbench.cli import app, dynamic_help
-from lipbench.cli.common import (ProgressObserver, check_datasets, console, datasets_help, load_plugins,
-                                 parse_key_values, parse_seeds, split)
+from lipbench.cli.common import (ProgressObserver, check_datasets, console, datasets_help, extra_data_settings,
+                                 load_plugins, parse_key_values, parse_seeds, split)
 from lipbench.device import resolve_device
 from lipbench.distributed import World, check_batch_sizes
 from lipbench.environment import device_name, fingerprint
@@ -66,6 +66,11 @@ def run_command(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (one sub-folder per job)."),
     device: str = typer.Option("auto", help="auto (CUDA if visible), cpu, cuda or cuda:N."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset files (also $LIPBENCH_DATA)."),
+    extra_data: Optional[Path] = typer.Option(None, help="An .npz of extra training images (arrays x and y, in the "
+                                              "dataset's shape, e.g. generated ones) mixed into every batch; recorded "
+                                              "and reported apart."),
+    extra_ratio: float = typer.Option(0.75, help="With --extra-data: the share of every batch taken from it (0.75 is "
+                                      "LiResNet++'s 1 real : 3 generated)."),
     batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size (default 256)."),
     lr: Optional[float] = typer.Option(None, help="Override the peak learning rate of the OneCycle schedule."),
     momentum: Optional[float] = typer.Option(None, help="Override SGD momentum (default 0.9)."),
@@ -142,6 +147,7 @@ def run_command(
     jobs = expand(names, size_list, dataset_list, budgets, seed_list, overrides, model=model, recipe=chosen_recipe,
                   device_type=here.type, protocol=protocol, device=device,
                   layer_options=parse_key_values(layer_option or []), plugins=plugins, data_dir=data_dir,
+                  **extra_data_settings(extra_data, extra_ratio),
                   save_model=save_model, with_audit=audit)
     console.print(describe_protocol(budgets, jobs, here, chosen_recipe.name), highlight=False)
     report_missing_sizes(names, size_list, model)

@@ -1,5 +1,5 @@
-"""Runs to the leaderboard: one row per dataset, budget, layer, size and settings; seeds as mean and std
-over the runs that finished ok; ranked by CRA at 36/255."""
+"""Runs to the leaderboard: one row per dataset, extra data, budget, layer, size and settings; seeds as mean
+and std over the runs that finished ok; ranked by CRA at 36/255 (runs with extra training data apart)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -20,10 +20,10 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     if board.empty:
         return board
     board["size_order"] = [size_position(size) for size in board["size"]]
-    board = board.sort_values(["dataset", "budget_s", "budget", RANKING.key, "clean_acc", "layer", "size_order"],
-                              ascending=[True, True, True, False, False, True, True], na_position="last")
-    ranked = board[board[RANKING.key].notna()]
-    board["rank"] = (ranked.groupby(["dataset", "budget"]).cumcount() + 1).reindex(board.index).astype(float)
+    board = board.sort_values(["dataset", "extra", "budget_s", "budget", RANKING.key, "clean_acc", "layer", "size_order"],
+                              ascending=[True, True, True, True, False, False, True, True], na_position="last")
+    ranked = board[board[RANKING.key].notna()]  # runs with extra data are ranked among themselves only
+    board["rank"] = (ranked.groupby(["dataset", "extra", "budget"]).cumcount() + 1).reindex(board.index).astype(float)
     columns = ["rank", *[c for c in board.columns if c not in ("rank", "size_order")]]
     return board[columns].reset_index(drop=True)
 

@@ -83,23 +83,26 @@ class BoardTable:
 
 
 def board_tables(board: pd.DataFrame, metrics: list[Metric], spread: Iterable[str] | None = None) -> list[BoardTable]:
-    """Cells per dataset and budget: rank, layer, size, seeds, status, the metrics (± std for the keys in
+    """Cells per dataset (with its extra data apart) and budget: rank, layer, size, seeds, status, the metrics (± std for the keys in
     ``spread``; by default for accuracies, throughput, memory and time) and the audit."""
     spread = set(spread) if spread is not None else {m.key for m in metrics if m.spread}
     with_variant, with_audit = bool(board["variant"].astype(bool).any()), bool(board["audited"].any())
     columns = [Column("#", r"\#", True), Column("layer", "Layer"), Column("size", "Size")]
     columns += [Column("settings", "Settings")] if with_variant else []
+    with_extra = bool(board["extra"].astype(bool).any())
+    columns += [Column("extra data", "Extra data")] if with_extra else []
     columns += [Column("seeds", "Seeds", True), Column("status", "Status")]
     columns += [Column(m.header, m.latex, True, m.latex_group) for m in metrics]
     columns += [Column("audit", "Audit")] if with_audit else []
     tables = []
-    for (dataset, budget), rows in board.groupby(["dataset", "budget"], sort=False):
-        table = BoardTable(str(dataset), str(budget), columns)
+    for (dataset, extra, budget), rows in board.groupby(["dataset", "extra", "budget"], sort=False):
+        table = BoardTable(f"{dataset} + extra data {extra}" if extra else str(dataset), str(budget), columns)
         best = {m.key: best_text(m, rows) for m in metrics if m.best}
         for _, row in rows.iterrows():
             rank = "-" if pd.isna(row["rank"]) else str(int(row["rank"]))
             cells = [Cell(rank), Cell(str(row["layer"])), Cell(str(row["size"]))]
             cells += [Cell(str(row["variant"]))] if with_variant else []
+            cells += [Cell(str(row["extra"]) or "-")] if with_extra else []
             cells += [Cell(str(row["seeds"])), Cell(str(row["status"]), alert=row["ok_seeds"] < row["seeds"])]
             for metric in metrics:
                 text = format_number(metric.kind, row[metric.key])

@@ -39,6 +39,7 @@ METRICS = [
              latex_group=CRA_GROUP) for radius in RADII),
     Metric("train_throughput", "train img/s", "Train (img/s)", "train_throughput_img_s", "rate", "max", TERMINAL),
     Metric("infer_throughput", "infer img/s", "Infer (img/s)", "infer_throughput_img_s", "rate", "max", PAPER),
+    Metric("input_throughput", "input img/s", "Input (img/s)", "input_throughput_img_s", "rate", optional=True),
     Metric("peak_memory_mb", "peak MB", "Memory (MB)", "peak_memory_mb", "megabytes", "min", TERMINAL),
     Metric("infer_peak_memory_mb", "infer peak MB", "Infer memory (MB)", "infer_peak_memory_mb", "megabytes", "min"),
     Metric("epoch_seconds", "s/epoch", "s/epoch", "epoch_seconds", "seconds", "min"),

@@ -155,6 +155,8 @@ def write_plots(board: pd.DataFrame, out: Path) -> list[Plot]:
     """Every plot as PNG and SVG in ``out``. A plot with nothing to show is drawn as its reason (so no picture
     of an earlier report's data stays behind under its name) and carries the reason as its note."""
     plots = []
+    board = board.assign(dataset=[f"{d} + extra {e}" if e else d for d, e in zip(board["dataset"], board["extra"])]) \
+        if "extra" in board else board  # runs with extra training data get panels of their own
     styles = Styles(board)
     with plt.rc_context(PLOT_STYLE):
         for spec in PLOTS.in_order():

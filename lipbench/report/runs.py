@@ -18,10 +18,11 @@ from lipbench.settings import JobConfig
 
 KEYS = {radius.key for radius in RADII}
 
-GROUP = ["dataset", "budget", "layer", "size", "variant"]
+GROUP = ["dataset", "extra", "budget", "layer", "size", "variant"]
 
 
-NOT_SETTINGS = {"layer", "size", "dataset", "budget", "seed", "device", "data_dir", "save_model", "plugins", "retry_of"}
+NOT_SETTINGS = {"layer", "size", "dataset", "budget", "seed", "device", "data_dir", "save_model", "plugins", "retry_of",
+                "extra_data", "extra_ratio"}  # extra data has its own column and its own tables
 
 
 SETTINGS = tuple(f.name for f in fields(JobConfig) if f.name not in NOT_SETTINGS) + ("device_name",)
@@ -103,7 +104,17 @@ def run_row(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(row.get(key), (int, float)) and row[key] <= 0:
             row[key] = None  # no step was timed (e.g. the budget ended after the warm-up step): not measured
     row["epoch_seconds"] = epoch_seconds(row)
+    row["extra"] = extra_label(record)
     return row
+
+
+def extra_label(record: dict[str, Any]) -> str:
+    """The extra training data of a run, as shown (its file, checksum and share of each batch); '' without."""
+    if not record.get("extra_data"):
+        return ""
+    name = record.get("extra_file") or Path(str(record["extra_data"])).name
+    checksum = str(record.get("extra_sha256") or "")[:8]
+    return f"{name}{f' {checksum}' if checksum else ''} at {float(record.get('extra_ratio') or 0):.0%}"
 
 
 def audit_cra(cra_sound: Any) -> dict[str, float]:
