@@ -36,6 +36,13 @@ def operator_matrix(linear_map: Callable[[Tensor], Tensor], input_shape: Sequenc
     return torch.cat(columns).T
 
 
+def affine_operator_matrix(affine_map: Callable[[Tensor], Tensor], input_shape: Sequence[int],
+                           dtype: torch.dtype = torch.float64) -> Tensor:
+    """Like :func:`operator_matrix` for an affine map (a layer with bias): subtracts f(0)."""
+    offset = affine_map(torch.zeros(1, *input_shape, dtype=dtype))
+    return operator_matrix(lambda x: affine_map(x) - offset, input_shape, dtype)
+
+
 def singular_values(matrix: Tensor) -> Tensor:
     return torch.linalg.svdvals(matrix.to(torch.float64))
 
