@@ -49,10 +49,8 @@ from torch import Tensor, nn
 
 from lipbench import lipsdp
 from lipbench.layers._unconstrained import UNCONSTRAINED_PROTOCOL, BoundedLinear
+from lipbench.optimizers import euclidean_optimizer
 from lipbench.registry import OptimizerSettings, register_layer
-
-OPTIMIZERS = ("sgd", "adam")
-
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -62,13 +60,10 @@ class LoopSettings:
     target: float = 1.0
     interval: int = 20
     inner_steps: int = 3
-    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if self.rho <= 0 or self.target <= 0 or self.interval < 1 or self.inner_steps < 1:
             raise ValueError("liploop needs rho > 0, target > 0, interval >= 1 and inner_steps >= 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"liploop optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
 
 
 class LipLoopLinear(BoundedLinear):
@@ -204,14 +199,10 @@ ADMM_STATES: WeakKeyDictionary[nn.Module, ADMMState] = WeakKeyDictionary()  # th
 
 
 def liploop_optimizer(model: nn.Module, settings: OptimizerSettings) -> ADMMOptimizer:
-    loop = chain_of(model)[0].settings
-    if loop.optimizer == "adam":
-        inner: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
-                                                        weight_decay=settings.weight_decay)
-    else:
-        inner = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
-    return ADMMOptimizer(model, inner, loop)
+    """The training settings' optimizer (``--optimizer``) on the weights, with the ADMM around it."""
+    inner = euclidean_optimizer(model.parameters(), settings.method, settings.lr, settings.momentum,
+                                settings.weight_decay)
+    return ADMMOptimizer(model, inner, chain_of(model)[0].settings)
 
 
 def liploop_certificate(model: nn.Module) -> dict:
@@ -235,8 +226,7 @@ def liploop_certificate(model: nn.Module) -> dict:
                 description="Lip-Loop (Abdeen et al. 2025): ADMM on the LipSDP constraint; certificate = verified LipSDP")
 def build_liploop(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                   rho: float = LoopSettings.rho, target: float = LoopSettings.target,
-                  interval: int = LoopSettings.interval, inner_steps: int = LoopSettings.inner_steps,
-                  optimizer: str = LoopSettings.optimizer) -> nn.Module:
+                  interval: int = LoopSettings.interval, inner_steps: int = LoopSettings.inner_steps) -> nn.Module:
     lipsdp.require_cvxpy("liploop (its certificate is a LipSDP bound)")
-    settings = LoopSettings(float(rho), float(target), int(interval), int(inner_steps), str(optimizer))
+    settings = LoopSettings(float(rho), float(target), int(interval), int(inner_steps))
     return LipLoopLinear(in_channels, out_channels, settings)

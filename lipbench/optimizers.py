@@ -54,13 +54,15 @@ class Lookahead:
             slow.copy_(saved)
 
 
-def euclidean_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay, nesterov=settings.nesterov and settings.momentum > 0)
-    if settings.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    return torch.optim.NAdam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+def euclidean_optimizer(parameters: Any, method: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                        nesterov: bool = False) -> torch.optim.Optimizer:
+    """``torch.optim``'s SGD (momentum), AdamW or NAdam on ``parameters``."""
+    if method == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov and momentum > 0)
+    if method == "adam":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.NAdam(parameters, lr=lr, weight_decay=weight_decay)
 
 
 def make_optimizer(model: nn.Module, method: LayerMethod, settings: TrainSettings,
@@ -71,7 +73,8 @@ def make_optimizer(model: nn.Module, method: LayerMethod, settings: TrainSetting
             settings.lr, settings.momentum, settings.weight_decay, steps_per_epoch, total_steps,
             settings.optimizer, settings.lookahead_steps, settings.lookahead_alpha))
     else:
-        inner = euclidean_optimizer(model, settings)
+        inner = euclidean_optimizer(model.parameters(), settings.optimizer, settings.lr, settings.momentum,
+                                    settings.weight_decay, settings.nesterov)
     if not settings.lookahead_steps:
         return inner
     return Lookahead(inner, settings.lookahead_steps, settings.lookahead_alpha)

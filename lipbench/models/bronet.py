@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from lipbench.blocks import FirstChannels, MaxMin, PadTo
-from lipbench.contracts import product_of_layer_bounds
 from lipbench.errors import UserError
+from lipbench.models._layered import LayeredNetwork
 from lipbench.registry import LayerMethod, create_layer, register_model
 
 PATCH = 4
@@ -35,18 +35,17 @@ SIZES = {  # name: (depth, width, dense width, dense depth)
 }
 
 
-class BRONet(nn.Module):
+class BRONet(LayeredNetwork):
     """Stem, L convs of width W, a patch neck and N dense layers, every layer from ``method``."""
 
     def __init__(self, method: LayerMethod, depth: int, width: int, dense_width: int, dense_depth: int,
                  in_shape: tuple[int, ...], n_classes: int, **options: Any):
-        super().__init__()
+        super().__init__(method, in_shape)
         if len(in_shape) != 3:
             raise UserError(f"BRONet takes images (channels, height, width), not inputs of shape {in_shape}")
         if n_classes > dense_width:
             raise UserError(f"{n_classes} classes do not fit the dense width {dense_width}")
         channels, height, image_width = in_shape
-        self.method, self.in_shape = method, tuple(in_shape)
         activation = method.activation or MaxMin
         grid = (-(-height // (2 * PATCH))) * (-(-image_width // (2 * PATCH)))
         built: list[nn.Module] = []
@@ -64,17 +63,7 @@ class BRONet(nn.Module):
         for _ in range(dense_depth):
             body += [layer("linear", dense_width, dense_width), activation()]
         body += [layer("linear", dense_width, n_classes), FirstChannels(n_classes)]
-        self.body = nn.Sequential(*body)
-        self.method_layer_positions = [i for i, m in enumerate(body) if any(m is b for b in built)]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def method_layers(self) -> list[nn.Module]:
-        return [self.body[i] for i in self.method_layer_positions]
-
-    def lipschitz_bound(self) -> float:
-        return product_of_layer_bounds(self, self.method.bound)
+        self.set_body(body, built)
 
 
 @register_model("bronet", sizes=tuple(SIZES), kinds=("conv", "linear"),

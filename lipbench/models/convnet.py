@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from lipbench.blocks import FirstChannels, MaxMin, PadTo
-from lipbench.contracts import product_of_layer_bounds
 from lipbench.errors import UserError
+from lipbench.models._layered import LayeredNetwork
 from lipbench.registry import LayerMethod, create_layer, register_model
 
 WIDTHS = {"XS": 16, "S": 32, "M": 64, "L": 128}
@@ -26,18 +26,17 @@ BLOCKS = 5
 CONVS_PER_BLOCK = 5
 
 
-class ConvNet(nn.Module):
+class ConvNet(LayeredNetwork):
     """The comparison paper's ConvNet with every conv and the head taken from ``method``."""
 
     def __init__(self, method: LayerMethod, width: int, in_shape: tuple[int, int, int],
                  n_classes: int, kernel_size: int = 3, **options: Any):
-        super().__init__()
+        super().__init__(method, in_shape)
         if len(in_shape) != 3:
             raise UserError(f"the ConvNet takes images (channels, height, width), not inputs of shape {in_shape}")
         channels, _, _ = in_shape
         if channels > width:
             raise UserError(f"input has {channels} channels, more than the model width {width}")
-        self.method, self.in_shape = method, tuple(in_shape)
         activation = method.activation or MaxMin
 
         built: list[nn.Module] = []
@@ -62,18 +61,7 @@ class ConvNet(nn.Module):
         else:
             body += [nn.AdaptiveMaxPool2d(1), conv(head_width, 1), nn.Flatten()]
         body.append(FirstChannels(n_classes))
-        self.body = nn.Sequential(*body)
-        self.method_layer_positions = [i for i, m in enumerate(body) if any(m is b for b in built)]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def method_layers(self) -> list[nn.Module]:
-        """The layers built by the method, in order (everything else is 1-Lipschitz by construction)."""
-        return [self.body[i] for i in self.method_layer_positions]
-
-    def lipschitz_bound(self) -> float:
-        return product_of_layer_bounds(self, self.method.bound)
+        self.set_body(body, built)
 
 
 @register_model("convnet", sizes=tuple(WIDTHS), kinds=("conv",),
