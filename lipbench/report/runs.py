@@ -13,6 +13,7 @@ import pandas as pd
 from lipbench.jobfolder import read_records
 from lipbench.radii import RADII
 from lipbench.recipes import DEFAULT_RECIPE, load_recipe, recipe_names
+from lipbench.report.intervals import extra_data_label
 from lipbench.report.metrics import NUMERIC
 from lipbench.settings import JobConfig
 
@@ -87,6 +88,7 @@ def run_row(record: dict[str, Any]) -> dict[str, Any]:
     row.update(device_name=device_of(record), torch_version=environment.get("torch_version"),
                git_commit=environment.get("git_commit"))
     row["layer_options"] = json.dumps(record.get("layer_options") or {}, sort_keys=True)
+    row["extra_data"] = extra_data_label(record.get("extra_data"))  # "" for none; absent in older records
     settings = {key: row.get(key, JOB_DEFAULTS.get(key)) for key in SETTINGS}  # an absent setting had its default
     row["settings"] = json.dumps(settings, sort_keys=True, default=str)
     audit = record.get("audit")
