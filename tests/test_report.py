@@ -277,7 +277,7 @@ def test_terminal_table_fits_100_columns_without_cutting(results):
     print_board(board, console)
     text = console.export_text()
     assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= 100
-    assert "61.0 [48.3,73.7]" in text and "1 ok, 1 nan" in text and "my_layer" in text
+    assert "61.0 [48.3,73.7]" in text and "1 ok, 1 nan" in text and "peak" in text and "[low,high]" in text and "my_layer" in text
 
 
 def test_report_into_returns_the_sweeps_jobs_and_their_retries(results, tmp_path):
