@@ -8,6 +8,7 @@ import pytest
 from lipbench.cli.common import parse_seeds
 from lipbench.report.board import leaderboard, shown_metrics
 from lipbench.report.cells import board_tables
+from lipbench.report.latex import latex_table
 from lipbench.report.pages import write_report
 from lipbench.report.runs import load_results
 
@@ -65,6 +66,9 @@ def test_close_rows_with_wide_intervals_are_one_group_far_rows_two(tmp_path):
     assert board["group"].tolist() == ["1", "2"] and board["tied_with_best"].tolist() == [True, False]
     table = board_tables(board, shown_metrics(board))[0]
     assert [r[0].text for r in table.rows] == ["1", "2"]  # the rank column shows the groups
+    assert latex_table(table).count("\\#") == 0  # a strict order: the paper table needs no rank column
+    tied = board_of(tmp_path / "close2", close)
+    assert "\\#" in latex_table(board_tables(tied, shown_metrics(tied))[0])  # groups "1-2" stay
 
 
 def test_csv_has_interval_group_and_range_columns(tmp_path):

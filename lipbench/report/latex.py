@@ -33,9 +33,10 @@ def latex_cell(cell: Cell, numeric: bool) -> str:
 
 
 def latex_keeps(column: Column, cells: list[Cell]) -> bool:
-    """A paper table drops the rank (rows are in order), and status and seeds where every row has the same."""
+    """A paper table drops the rank where it is a strict order (rows are in order; a group such as "1-3" stays),
+    and status and seeds where every row has the same."""
     if column.header == "#":
-        return False
+        return any(len(cell.text) > 1 and "-" in cell.text for cell in cells)
     if column.header == "status":
         return any(cell.alert for cell in cells)
     if column.header == "seeds":
