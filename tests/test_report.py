@@ -209,9 +209,11 @@ def test_cells_show_best_in_bold_and_spread(results):
     cra = table.headers.index("CRA 36/255 %")
     throughput = table.headers.index("train img/s")
     by_row = {(r[1].text, r[2].text): r for r in table.rows}
-    assert by_row[("aol", "XS")][cra].plain() == "61.0 ± 1.4"
-    assert by_row[("aol", "S")][cra].bold and not by_row[("aol", "XS")][cra].bold
-    assert by_row[("aol", "XS")][throughput].bold and by_row[("aol", "XS")][throughput].plain() == "1,050 ± 71"
+    assert by_row[("aol", "XS")][cra].plain() == "61.0 [48.3, 73.7]"  # 61 ± t(0.975, 1) · 1.41 / √2
+    assert by_row[("aol", "S")][cra].bold and by_row[("aol", "XS")][cra].bold  # tied with the best (paired t)
+    assert not by_row[("cayley", "XS")][cra].bold  # 4 points below aol XS on both seeds: significantly worse
+    assert by_row[("aol", "XS")][throughput].bold and by_row[("aol", "XS")][throughput].plain() == "1,050 [1,000, 1,100]"
+    assert [r[0].text for r in table.rows] == ["1-4", "1-3", "2-4", "1-4", "-"]
     assert by_row[("my_layer", "XS")][cra].text == "-" and by_row[("my_layer", "XS")][0].text == "-"
     assert table.failed == [False, False, False, False, True]
 
@@ -223,7 +225,8 @@ def test_latex_is_a_booktabs_tabular_with_escapes_and_bold(results):
     assert r"\toprule" in text and r"\midrule" in text and r"\bottomrule" in text
     assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
     assert r"my\_layer" in text and "my_layer" not in text
-    assert r"$\mathbf{65.0 \pm 0.0}$" in text and r"$61.0 \pm 1.4$" in text
+    assert r"$\mathbf{65.0}\,{\scriptstyle[65.0,\,65.0]}$" in text
+    assert r"$\mathbf{61.0}\,{\scriptstyle[48.3,\,73.7]}$" in text and "device: test cpu" in text
     assert "1 ok, 1 nan" in text  # status kept where a row failed
     columns = len(re.search(r"\\begin\{tabular\}\{(\w+)\}", text).group(1))
     body = text.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
@@ -236,15 +239,17 @@ def test_write_report_writes_tables_pages_and_plots(report, results):
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "runs.csv", "report.html", "report.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert {plot.name for plot in report.plots} == {"cra_vs_throughput", "cra_vs_budget", "cost_vs_size",
-                                                    "clean_vs_cra", "cra_vs_epsilon"}
-    for plot in report.plots:
+                                                    "clean_vs_cra", "cra_vs_epsilon", "cra_intervals",
+                                                    "reproduced_vs_reported"}
+    assert "no row's setting" in next(p.note for p in report.plots if p.name == "reproduced_vs_reported")
+    for plot in (p for p in report.plots if p.name != "reproduced_vs_reported"):
         assert [f.suffix for f in plot.files] == [".png", ".svg"] and plot.note == "", plot.note
         assert plot.files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.files[0].stat().st_size > 10_000
         assert "<svg" in plot.files[1].read_text()[:2000]
     csv = (out / "leaderboard.csv").read_text().splitlines()
     assert "cra_36_pct" in csv[0] and "cra_36_pct_std" in csv[0] and len(csv) == 1 + 7
     markdown = (out / "leaderboard.md").read_text()
-    assert "| 2 | aol | XS | 2 | ok | **81.0 ± 1.4** | 61.0 ± 1.4 |" in markdown and "my_layer" in markdown
+    assert "| 1-3 | aol | XS | 2 | ok | **81.0 [68.3, 93.7]** | **61.0 [48.3, 73.7]** |" in markdown and "my_layer" in markdown
     page = (out / "report.html").read_text()
     assert "<script" not in page and 'src="cra_vs_throughput.png"' in page and str(out) not in page
     assert "How to read this" in page and "process_peak_rss" in page and "1 ok, 1 nan" in page
@@ -260,7 +265,7 @@ def test_a_single_budget_skips_the_budget_plot_and_says_why(tmp_path):
     stale.write_bytes(b"an earlier report's picture")
     report = write_report([tmp_path], tmp_path / "report")
     skipped = {plot.name: plot.note for plot in report.plots if plot.note}
-    assert list(skipped) == ["cra_vs_budget"] and "needs ≥ 2 budgets" in skipped["cra_vs_budget"]
+    assert list(skipped) == ["cra_vs_budget", "reproduced_vs_reported"] and "needs ≥ 2 budgets" in skipped["cra_vs_budget"]
     assert stale.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # now the note, never the earlier picture
     page = (tmp_path / "report" / "report.md").read_text()
     assert "needs ≥ 2 budgets" in page and "(cra_vs_budget.png)" not in page
@@ -272,7 +277,7 @@ def test_terminal_table_fits_100_columns_without_cutting(results):
     print_board(board, console)
     text = console.export_text()
     assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= 100
-    assert "61.0±1.4" in text and "1 ok, 1 nan" in text and "my_layer" in text
+    assert "61.0 [48.3,73.7]" in text and "1 ok, 1 nan" in text and "peak" in text and "[low,high]" in text and "my_layer" in text
 
 
 def test_report_into_returns_the_sweeps_jobs_and_their_retries(results, tmp_path):

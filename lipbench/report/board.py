@@ -10,11 +10,13 @@ import pandas as pd
 
 from lipbench.radii import RANKING
 from lipbench.registry import COMMON_SIZES
+from lipbench.report.intervals import add_groups, add_paper_columns, interval_columns
 from lipbench.report.metrics import FILES, METRICS, Metric
 from lipbench.report.runs import GROUP
 
 def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, budget, layer, size, variant), seeds as mean and std; ranked by CRA at 36/255."""
+    """One row per (dataset, budget, layer, size, variant), seeds as mean and std with 95% intervals; ranked by
+    CRA at 36/255, with the ranked ``group`` each row could hold and the papers' numbers where they match."""
     rows = [summarize(group) for _, group in frame.groupby(GROUP, sort=False)] if len(frame) else []
     board = pd.DataFrame(rows)
     if board.empty:
@@ -24,7 +26,8 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
                               ascending=[True, True, True, True, False, False, True, True], na_position="last")
     ranked = board[board[RANKING.key].notna()]  # runs with extra data are ranked among themselves only
     board["rank"] = (ranked.groupby(["dataset", "extra", "budget"]).cumcount() + 1).reindex(board.index).astype(float)
-    columns = ["rank", *[c for c in board.columns if c not in ("rank", "size_order")]]
+    board = add_paper_columns(add_groups(board))
+    columns = ["rank", "group", *[c for c in board.columns if c not in ("rank", "group", "size_order")]]
     return board[columns].reset_index(drop=True)
 
 
@@ -45,12 +48,16 @@ def summarize(group: pd.DataFrame) -> dict[str, Any]:
                audit_problems="; ".join(sorted({str(p) for p in group["audit_problems"].dropna() if p})),
                n_classes=group["n_classes"].max() if "n_classes" in group else np.nan,
                memory_counter=", ".join(sorted({str(c) for c in group["memory_counter"].dropna()})),
-               device=", ".join(sorted({str(d) for d in group["device_name"].dropna()})))
+               device=", ".join(sorted({str(d) for d in group["device_name"].dropna()})),
+               extra_data=str(first.get("extra") or ""),
+               n_test=ok["n_test"].max() if "n_test" in ok else np.nan,
+               layer_options=first.get("layer_options"), epochs=first.get("epochs"))
     for metric in METRICS:
         scale = 100.0 if metric.kind == "percent" else 1.0
         values = ok[metric.key].dropna() * scale
         row[metric.key] = values.mean() if len(values) else np.nan
         row[f"{metric.key}_std"] = values.std() if len(values) > 1 else np.nan
+    row.update(interval_columns(ok, row["n_test"]))
     return row
 
 

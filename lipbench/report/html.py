@@ -56,7 +56,9 @@ def render_section(section: Section) -> str:
         parts = [heading]
         for table in section.items:
             classes = ["violated" if v else "failed" if f else "" for f, v in zip(table.failed, table.violated)]
-            parts += [f"<h3>{html.escape(table.title)}</h3>", html_table(table.headers, table.rows, table.numeric, classes)]
+            parts += [f"<h3>{html.escape(table.title)}</h3>"]
+            parts += [f"<p>{html.escape(table.caption)}.</p>"] if table.caption else []
+            parts += [html_table(table.headers, table.rows, table.numeric, classes)]
         return "\n".join(parts)
     if section.kind == "figures":
         return heading + "\n".join(

@@ -25,13 +25,18 @@ def latex_cell(cell: Cell, numeric: bool) -> str:
         return rf"\textbf{{{latex_escape(cell.text)}}}" if cell.bold else latex_escape(cell.text)
     number = cell.text.replace(",", "{,}")
     body = rf"{number} \pm {cell.spread.replace(',', '{,}')}" if cell.spread else number
-    return rf"$\mathbf{{{body}}}$" if cell.bold else f"${body}$"
+    body = rf"\mathbf{{{body}}}" if cell.bold else body
+    if cell.interval:  # compact: the interval in small type after the value
+        low, high = (end.replace(",", "{,}") for end in cell.interval)
+        body += rf"\,{{\scriptstyle[{low},\,{high}]}}"
+    return f"${body}$"
 
 
 def latex_keeps(column: Column, cells: list[Cell]) -> bool:
-    """A paper table drops the rank (rows are in order), and status and seeds where every row has the same."""
+    """A paper table drops the rank where it is a strict order (rows are in order; a group such as "1-3" stays),
+    and status and seeds where every row has the same."""
     if column.header == "#":
-        return False
+        return any(len(cell.text) > 1 and "-" in cell.text for cell in cells)
     if column.header == "status":
         return any(cell.alert for cell in cells)
     if column.header == "seeds":
@@ -61,7 +66,9 @@ def latex_table(table: BoardTable) -> str:
     keep = [i for i, column in enumerate(table.columns) if latex_keeps(column, [row[i] for row in table.rows])]
     columns = [table.columns[i] for i in keep]
     lines = [f"% {latex_escape(table.dataset)}, budget {latex_escape(table.budget)}: "
-             "mean $\\pm$ std over seeds, best per column in bold",
+             "mean over seeds with its 95\\% interval in brackets (accuracies; throughput and memory: "
+             "the range over seeds), best per column in bold (CRA 36: tied with the best)"
+             + (f"; {latex_escape(table.caption)}" if table.caption else ""),
              f"\\begin{{tabular}}{{{''.join('r' if c.numeric else 'l' for c in columns)}}}", r"\toprule",
              *latex_header(columns), r"\midrule"]
     lines += [" & ".join(latex_cell(row[i], table.columns[i].numeric) for i in keep) + r" \\" for row in table.rows]

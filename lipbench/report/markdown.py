@@ -16,7 +16,8 @@ def markdown_table(headers: list[str], rows: list[list[Cell]], numeric: list[boo
 
 
 def board_markdown(tables: list[BoardTable], level: str = "###") -> str:
-    return "\n".join(f"{level} {t.title}\n\n{markdown_table(t.headers, t.rows, t.numeric)}" for t in tables)
+    return "\n".join(f"{level} {t.title}\n\n" + (f"{t.caption}.\n\n" if t.caption else "")
+                     + markdown_table(t.headers, t.rows, t.numeric) for t in tables)
 
 
 def render_section(section: Section) -> str:

@@ -56,7 +56,7 @@ METRICS = [
 
 
 NUMERIC = [metric.key for metric in METRICS] + ["budget_s", "seed", "audit_violations", "audit_failed", "steps",
-                                                "batch_size", "train_seconds"]
+                                                "batch_size", "train_seconds", "n_test"]
 
 
 ACCURACIES = ["clean_acc", *(radius.key for radius in RADII)]

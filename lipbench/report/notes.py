@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lipbench import references, stats
 from lipbench.report.cells import Cell, format_number
+from lipbench.report.intervals import one_seed_rankings
 
 def violations(board: pd.DataFrame) -> list[str]:
     """One line per leaderboard row whose audit found the certificate did not hold."""
@@ -42,7 +44,7 @@ def undertrained(board: pd.DataFrame) -> list[str]:
 
 def notes(board: pd.DataFrame) -> list[str]:
     """What a reader must know to read the leaderboard right, short of an alert."""
-    return claimed_bounds(board) + undertrained(board)
+    return claimed_bounds(board) + undertrained(board) + one_seed_rankings(board)
 
 
 def value_range(values: pd.Series) -> str:
@@ -52,8 +54,11 @@ def value_range(values: pd.Series) -> str:
 
 HOW_TO_READ = [
     ("Rows", "one per dataset, budget, layer and size; seeds are averaged over the runs that finished ok and shown "
-             "as mean ± sample std. Failed runs stay in as rows with their status (e.g. \"1 ok, 1 nan\"). Rank is by "
-             "CRA at 36/255 within a dataset and budget; bold marks the best value of a column."),
+             "as the mean with its interval (the files also hold the sample std). Failed runs stay in as rows with their "
+             "status (e.g. \"1 ok, 1 nan\"). Rows are ordered by CRA at 36/255 within a dataset and budget and the "
+             "# column shows their group (below); bold marks the best value of a column, and at CRA 36/255 every "
+             "row tied with the best. Device and extra data are columns where they differ within a table, else "
+             "the table's caption says them."),
     ("CRA", "certified robust accuracy at radius ε (L2): a test image counts when it is classified correctly with a "
             "margin above √2·L·ε, where L is the network's sound Lipschitz bound (never a claimed or estimated "
             "one). Where an audit re-checked a run, the audit's sound CRA is used."),
@@ -81,7 +86,7 @@ def how_to_read(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """The explanations, with the memory counters these runs used."""
     counters = ", ".join(sorted({str(c) for c in runs["memory_counter"].dropna()})) or "none recorded"
     return [(term, f"{text} Counters in this report: {counters}." if term == "Memory" else text)
-            for term, text in HOW_TO_READ]
+            for term, text in [*HOW_TO_READ, *stats.READING, *references.READING]]
 
 
 ENVIRONMENT = {"device_name": "device", "torch_version": "torch", "git_commit": "lipbench commit",

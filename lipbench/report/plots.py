@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import NullLocator
 
+from lipbench.plots_stats import plot_cra_intervals, plot_reproduced_vs_reported
 from lipbench.radii import RADII
 from lipbench.registry import new_registry
 from lipbench.report.board import method_label
@@ -149,6 +150,37 @@ def plot_cra_vs_epsilon(board: pd.DataFrame, styles: Styles) -> plt.Figure:
         axes.legend(loc="upper right", frameon=False, title="method (best size)", fontsize=7, title_fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def settings_panels(board: pd.DataFrame, draw: Callable[[pd.DataFrame, plt.Axes], plt.Axes], height: float,
+                    width: float) -> plt.Figure:
+    """One panel per dataset and budget of ``board``, drawn by ``draw(rows, axes)``."""
+    keys = list(dict.fromkeys(zip(board["dataset"], board["budget"])))
+    figure, axes_list = panels(len(keys), columns=2, width=width, height=height)
+    for axes, (dataset, budget) in zip(axes_list, keys):
+        draw(board[(board["dataset"] == dataset) & (board["budget"] == budget)], axes)
+        axes.set_title(f"{dataset}, budget {budget}")
+    figure.tight_layout()
+    return figure
+
+
+@register_plot("cra_intervals", "CRA at 36/255 with its 95% interval per method and size; the rows tied with the best "
+               "(group from 1) shaded.")
+def plot_cra_interval_panels(board: pd.DataFrame, styles: Styles) -> plt.Figure:
+    shown = board.dropna(subset=["cra_36"])
+    if shown.empty:
+        raise NothingToPlot("needs finished runs")
+    tallest = int(shown.groupby(["dataset", "budget"]).size().max())
+    return settings_panels(shown, plot_cra_intervals, height=1.0 + 0.28 * tallest, width=4.6)
+
+
+@register_plot("reproduced_vs_reported", "CRA at 36/255 reproduced by lipbench (with its 95% interval) against the "
+               "paper's for the same setting; on the dashed line they agree.")
+def plot_reproduced_vs_reported_panels(board: pd.DataFrame, styles: Styles) -> plt.Figure:
+    matched = board[board["paper_cra_36"].notna() & board["cra_36"].notna()] if "paper_cra_36" in board else board[:0]
+    if matched.empty:
+        raise NothingToPlot("no row's setting (method, size, dataset, budget) matches a paper's in references/")
+    return settings_panels(matched, plot_reproduced_vs_reported, height=3.6, width=3.8)
 
 
 def write_plots(board: pd.DataFrame, out: Path) -> list[Plot]:

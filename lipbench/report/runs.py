@@ -104,7 +104,7 @@ def run_row(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(row.get(key), (int, float)) and row[key] <= 0:
             row[key] = None  # no step was timed (e.g. the budget ended after the warm-up step): not measured
     row["epoch_seconds"] = epoch_seconds(row)
-    row["extra"] = extra_label(record)
+    row["extra"] = row["extra_data"] = extra_label(record)  # "" for none; absent in older records
     return row
 
 
