@@ -101,11 +101,14 @@ def test_device_and_extra_data_are_columns_where_they_differ_else_the_caption(tm
     table = board_tables(same, shown_metrics(same))[0]
     assert "device: test cpu" in table.caption and "extra data: none" in table.caption
     assert "device" not in table.headers and "extra data" not in table.headers
-    mixed = board_of(tmp_path / "mixed", [record("aol", 0, 0.6, extra_data={"generated": "edm-1m"}),
-                                          record("cpl", 0, 0.5, extra_data=None)])
-    table = board_tables(mixed, shown_metrics(mixed))[0]
-    cells = {r[1].text: r[table.headers.index("extra data")].text for r in table.rows}
-    assert cells == {"aol": "generated=edm-1m", "cpl": "none"} and "device: test cpu" in table.caption
+    generated = {"extra_data": "/data/edm-1m.npz", "extra_file": "edm-1m.npz", "extra_sha256": "ab" * 32,
+                 "extra_ratio": 0.75}
+    mixed = board_of(tmp_path / "mixed", [record("aol", 0, 0.6, **generated), record("cpl", 0, 0.5, extra_data=None),
+                                          {**record("sll", 0, 0.4), "environment": {"device_name": "other gpu"}}])
+    plain, extra = board_tables(mixed, shown_metrics(mixed))  # runs with extra data are a table of their own
+    assert "extra data: none" in plain.caption and "extra data: edm-1m.npz abababab at 75%" in extra.caption
+    devices = {r[1].text: r[plain.headers.index("device")].text for r in plain.rows}
+    assert devices == {"cpl": "test cpu", "sll": "other gpu"}
     assert only(mixed, "aol")["paper"] == ""  # a run with extra data does not match a paper's run without
 
 
