@@ -83,7 +83,7 @@ def test_report_skips_a_corrupt_record(tmp_path):
 
 
 def test_dry_run_lists_the_plan_without_running(tmp_path):
-    result = lipbench("run", "--dry-run", "--budget", "2h,10h", "--layers", "a*,standard", "--sizes", "XS,S",
+    result = lipbench("run", "--dry-run", "--budget", "2h,10h", "--layers", "a*l,standard", "--sizes", "XS,S",
                       "--datasets", "cifar10,fashion-mnist", "--out", tmp_path, env={"COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     assert "16 planned jobs" in result.stdout and not (tmp_path / "jobs").exists()

@@ -96,6 +96,6 @@ def test_aol_learns_real_data_far_above_chance():
     model.eval()
     with torch.no_grad():
         mean = data.x_train.mean(dim=(0, 2, 3), keepdim=True)
-        result = certified_accuracy(margins(model(data.x_test[:2000] - mean), data.y_test[:2000]), 1.0)
+        result = certified_accuracy(Certifier.margin(1.0).radii(model(data.x_test[:2000] - mean), data.y_test[:2000]))
     assert result["clean_acc"] > 0.6  # chance is 0.1; 2,560 images seen
     assert result["cra_36"] > 0.4
