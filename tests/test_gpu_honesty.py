@@ -83,6 +83,7 @@ def test_recorded_throughput_is_images_over_synchronized_whole_steps():
 
 PHASE_MEMORY = """
 import torch
+from lipbench.device import PeakMemory
 resident = torch.ones(300 * 2**20 // 4)  # a dataset already in memory: not part of training's peak
 with PeakMemory(torch.device("cpu")) as memory:
     temporary = torch.ones(150 * 2**20 // 4)
@@ -95,6 +96,7 @@ print(memory.counter, memory.peak_mb)
 def test_peak_memory_counts_the_phase_above_its_start_not_what_was_there():
     # a fresh process, as a job is: in this one, memory freed by earlier tests may be reused without growing
     result = subprocess.run([sys.executable, "-c", PHASE_MEMORY], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
     counter, peak = result.stdout.split()
     assert counter == "process_peak_rss_above_start"
     assert 140 <= float(peak) <= 280, peak
