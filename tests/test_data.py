@@ -1,11 +1,9 @@
 import gzip
 import hashlib
-import http.server
 import io
 import pickle
 import struct
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -80,19 +78,6 @@ def test_cifar_archive_in_a_folder_is_extracted_and_read(tmp_path, name, n_train
     loaded = data.load_dataset(name, str(tmp_path), download=False)
     assert loaded.x_train.shape == (n_train, 3, 32, 32) and loaded.n_classes == n_classes
     assert float(loaded.x_train.max()) <= 1.0
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving tmp_path/served."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_download_with_right_checksum(tmp_path, http_server, monkeypatch):

@@ -2,10 +2,8 @@
 JPEGs), the download with its checksum against a local server, the streaming input pipeline and its
 resume, and extra generated data mixed into the batches."""
 import hashlib
-import http.server
 import io
 import json
-import threading
 import zipfile
 from pathlib import Path
 
@@ -113,18 +111,6 @@ def zipped_tree(tmp_path: Path) -> bytes:
             if file.is_file():
                 bundle.write(file, str(file.relative_to(release.parent)))
     return buffer.getvalue()
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving tmp_path/served."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_tiny_imagenet_download_with_right_checksum(tmp_path, http_server, monkeypatch):
