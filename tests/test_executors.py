@@ -42,6 +42,11 @@ def records(out):
     return {p.parent.name: json.loads(p.read_text()) for p in Path(out).glob("jobs/*/record.json")}
 
 
+def read_events(folder):
+    path = folder / "events.jsonl"
+    return path.read_text() if path.is_file() else ""
+
+
 def running_jobs(out):
     """Job folder -> the pid of its live training process."""
     return {lock.parent: pid for lock in Path(out).glob(f"jobs/*/{LOCK_NAME}") if (pid := lock_holder(lock.parent))}
@@ -114,6 +119,8 @@ def test_local_executor_runs_jobs_side_by_side_and_ctrl_c_stops_them_all(tmp_pat
         time.sleep(0.1)
     running = running_jobs(out)
     assert len(running) == 2  # two jobs train at once
+    while not all('"train"' in read_events(folder) for folder in running) and time.time() < deadline:
+        time.sleep(0.1)  # both are training (a Ctrl-C within a job's first instant is a separate race)
     sweep.send_signal(signal.SIGINT)
     output, _ = sweep.communicate(timeout=120)
     assert sweep.returncode != 0 and not running_jobs(out), output
