@@ -54,12 +54,13 @@ def expand(layers: list[str], sizes: list[str], datasets: list[str], budgets: li
     says so); the same job asked for twice is planned once."""
     jobs: dict[str, JobConfig] = {}
     recipe_settings = recipe.settings if recipe else {}
+    protocols = {budget.name: choose_protocol(budget, device_type, protocol) for budget in budgets}
     for budget, layer, size, dataset, seed in itertools.product(budgets, layers, sizes, datasets, seeds):
         method = get_method(layer)
         family = model_family(layer, model or None)
         if not family.accepts(size):
             continue
-        planned, chosen = choose_protocol(budget, device_type, protocol)
+        planned, chosen = protocols[budget.name]
         settings = {**planned.protocol, **method.protocol, **planned.per_method.get(layer, {}),
                     **planned.per_method.get(f"{layer}@{size}", {}), **recipe_settings, **overrides}
         if planned.epochs_required and not settings.get("epochs"):

@@ -139,14 +139,15 @@ def run_audit(model: nn.Module, method: LayerMethod, data: Dataset, mean: Tensor
     radius, x = Certifier.for_model(model, certified_with).radii(logits, y), images - mean  # attacks work centred
     timings["margins"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    reference = copy.deepcopy(bounded).double().requires_grad_(False)
+    whole = copy.deepcopy(model).double().requires_grad_(False)  # float64 copies: attacks confirm on the whole network
+    reference = whole.features if pairwise else whole
     points = x[:options.lower_points]
     jacobian, directions = jacobian_lower_bound(bounded, reference, points, options.lower_steps, options.seed)
     pairs = pair_lower_bound(bounded, reference, points, directions, EPSILONS["cra_36"], options.lower_steps)
     timings["lower_bound"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    attacked, violation_points = attack_certified(model, copy.deepcopy(model).double().requires_grad_(False), x, y,
-                                                  radius, test_index, options.samples, options.steps, options.seed)
+    attacked, violation_points = attack_certified(model, whole, x, y, radius, test_index, options.samples,
+                                                  options.steps, options.seed)
     timings["attack"], clock = time.perf_counter() - clock, time.perf_counter()
 
     recorded = {key: record.get(key) for key in EPSILONS}
